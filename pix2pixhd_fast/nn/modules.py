@@ -1,0 +1,62 @@
+"""Drop-in modules: fused instance norm + activation, instance pooling, instance boundaries."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import ops
+
+
+class InstanceNormAct(nn.Module):
+    """``nn.InstanceNorm2d`` (track_running_stats=False) + LeakyReLU(negative_slope), fused.
+
+    Same parameters and state_dict keys as ``nn.InstanceNorm2d(num_features, eps, affine=affine)``
+    (``weight``, ``bias`` when affine), so checkpoints load either way. ``negative_slope`` 0.0 is ReLU,
+    1.0 no activation. Input/output: ``Tensor[N, C, H, W]`` (NCHW or channels-last, kept).
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = False, negative_slope: float = 0.0):
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.affine = affine
+        self.negative_slope = negative_slope
+        if affine:
+            self.weight = nn.Parameter(torch.ones(num_features))
+            self.bias = nn.Parameter(torch.zeros(num_features))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.size(1) != self.num_features:
+            raise ValueError(
+                f"{type(self).__name__}({self.num_features}) expects [N,{self.num_features},H,W], got {tuple(x.shape)}"
+            )
+        return ops.instance_norm_act(x, self.weight, self.bias, self.eps, self.negative_slope)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, affine={self.affine}, negative_slope={self.negative_slope}"
+
+
+class InstanceNormReLU(InstanceNormAct):
+    """Fused ``InstanceNorm2d`` + ``ReLU`` (``negative_slope`` 0.0 by default; 0.2 gives the D's LeakyReLU)."""
+
+
+class InstanceAvgPool(nn.Module):
+    """Instance-wise average pooling + broadcast: ``(feat [N,C,H,W], inst [N,1,H,W]) -> [N,C,H,W]``."""
+
+    def forward(self, feat: torch.Tensor, inst: torch.Tensor) -> torch.Tensor:
+        return ops.instance_avg_pool(feat, inst)
+
+
+class InstanceBoundary(nn.Module):
+    """Instance boundary map: ``inst [N,1,H,W] -> edge [N,1,H,W]`` of ``dtype`` (the reference get_edges)."""
+
+    def __init__(self, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.dtype = dtype
+
+    def forward(self, inst: torch.Tensor) -> torch.Tensor:
+        return ops.instance_boundary(inst, self.dtype)
