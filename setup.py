@@ -110,7 +110,7 @@ def _extensions():
 
     sources = [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, "csrc", "*.cpp")))]
     sources += [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))]
-    cxx = ["-O3", "-std=c++17", "-fdiagnostics-color=always"]
+    cxx = ["-fdiagnostics-color=always"]
     include_dirs = [os.path.join(ROOT, "csrc"), os.path.join(ROOT, "build", "generated")]
     nvcc_version = ""
     if want_cuda:
@@ -122,7 +122,7 @@ def _extensions():
         if nvcc_version and torch.version.cuda and nvcc_version.split(".")[0] != torch_cuda.split(".")[0]:
             print(f"setup.py: WARNING nvcc {nvcc_version} and torch's CUDA {torch_cuda} differ in major version")
     _write_build_config(want_cuda, os.environ.get("TORCH_CUDA_ARCH_LIST", "") if want_cuda else "", nvcc_version)
-    nvcc = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr"]
+    nvcc = ["--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr"]
 
     print("=" * 72)
     print("pix2pixhd_fast build")

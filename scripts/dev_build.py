@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--name", required=True)
-    ap.add_argument("sources", nargs="+")
+    ap.add_argument("sources", nargs="*")
     args = ap.parse_args()
     cuda = any(s.endswith(".cu") for s in args.sources)
     if cuda:
@@ -36,8 +36,8 @@ def main() -> None:
         name=f"p2phd_dev_{args.name}",
         sources=srcs,
         extra_include_paths=incs,
-        extra_cflags=["-O3", "-std=c++17"] + (["-DP2PHD_WITH_CUDA=1"] if cuda else []),
-        extra_cuda_cflags=["-O3", "-std=c++17", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr"],
+        extra_cflags=["-O3"] + (["-DP2PHD_WITH_CUDA=1"] if cuda else []),
+        extra_cuda_cflags=["--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr"],
         build_directory=build,
         is_python_module=False,
         verbose=False,
