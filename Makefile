@@ -1,0 +1,73 @@
+# pix2pixhd_fast: set-up, build and checks. `make test` and `make demo` work on a fresh machine.
+#
+#   make install   .venv with torch + dependencies, then the C++/CUDA extension (editable install)
+#   make test      install, lint, the C++ (LibTorch/ctest) build and test, and the Python test suite
+#   make demo      install, then the demo job
+#   make bench     operator benchmarks (ratios vs baselines, measured in one run)
+#
+# CUDA kernels are compiled whenever nvcc and a CUDA build of torch exist (no GPU needed).
+# TORCH_CUDA_ARCH_LIST picks the GPU archs (default here: Ampere + Hopper with PTX, to keep CI short;
+# setup.py's own default, used by a plain `pip install`, covers Turing..Blackwell).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_CUDA_ARCH_LIST ?= 8.0;9.0+PTX
+CUDA_HOME ?= /usr/local/cuda
+export TORCH_CUDA_ARCH_LIST CUDA_HOME
+
+DEPS := numpy pybind11 ninja pytest pytest-benchmark pillow tqdm scikit-learn tensorboard onnx onnxruntime \
+        ruff expecttest
+SOURCES := setup.py pyproject.toml $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' 2>/dev/null)
+
+.PHONY: all venv install test pytest lint cpp-test demo bench clean
+
+all: install
+
+$(VENV)/.deps: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
+	$(PIP) install -q $(DEPS)
+	touch $@
+
+venv: $(VENV)/.deps
+
+$(VENV)/.built: $(VENV)/.deps $(SOURCES)
+	mkdir -p build
+	@echo "building the extension (log: build/pip-build.log)"
+	$(PIP) install --no-build-isolation --no-deps -v -e . > build/pip-build.log 2>&1 || \
+	  { tail -n 80 build/pip-build.log; echo "extension build FAILED (full log: build/pip-build.log)"; exit 1; }
+	grep -A6 "pix2pixhd_fast build" build/pip-build.log || true
+	$(PY) -c "import pix2pixhd_fast as p, json; i = p.build_info(); print(json.dumps(i, indent=1)); assert i['ops_loaded'], i['error']"
+	touch $@
+
+install: $(VENV)/.built
+
+lint: $(VENV)/.deps
+	$(VENV)/bin/ruff check pix2pixhd_fast tests benchmarks scripts setup.py
+
+cpp-test: $(VENV)/.deps
+	cmake -S . -B build/cmake -G Ninja -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV))/bin/ninja \
+	  -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
+	  -DPython3_EXECUTABLE=$(abspath $(PY))
+	cmake --build build/cmake -j2
+	ctest --test-dir build/cmake --output-on-failure
+
+pytest: install
+	$(PY) -m pytest tests -q
+
+test: install lint cpp-test pytest
+
+demo: install
+	$(PY) -m pix2pixhd_fast.cli demo
+
+bench: install
+	$(PY) benchmarks/run_ops.py --device cpu --json benchmarks/results/cpu-$$(hostname -s).json \
+	  --markdown benchmarks/results/cpu-$$(hostname -s).md
+
+clean:
+	rm -rf build pix2pixhd_fast/_C*.so *.egg-info $(VENV)/.built
