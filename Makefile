@@ -50,10 +50,9 @@ install: $(VENV)/.built
 lint: $(VENV)/.deps
 	$(VENV)/bin/ruff check pix2pixhd_fast tests benchmarks scripts setup.py
 
-cpp-test: $(VENV)/.deps
+cpp-test: $(VENV)/.deps $(SOURCES)
 	cmake -S . -B build/cmake -G Ninja -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV))/bin/ninja \
-	  -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
-	  -DPython3_EXECUTABLE=$(abspath $(PY))
+	  -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')"
 	cmake --build build/cmake -j2
 	ctest --test-dir build/cmake --output-on-failure
 
