@@ -1,0 +1,523 @@
+"""Operator benchmarks: each fast op beside its PyTorch baselines, in one process, as a table of ratios.
+
+    python benchmarks/run_ops.py --device cpu                    # DESIGN.md CPU sizes
+    python benchmarks/run_ops.py --device cuda --json gpu.json --markdown gpu.md
+    python benchmarks/run_ops.py --device cpu --sizes tiny       # smoke run
+
+ratio = baseline time / fast time (both eager, as a user calls them). CPU: median of repeated
+time.perf_counter runs after warm-up. CUDA: torch.cuda.Event around each call, median of many reps after
+warm-up, rotating through several input sets so that repeats do not run out of L2. On CUDA the compiled op
+is also timed alone by CUDA-graph replay ("kernel" column; no Python/dispatcher overhead) and set against the
+memory floor: floor time = bytes that must move / peak bandwidth, the peak measured in the same run by a
+large device-to-device copy (bytes read + written). Fast and baseline reps are interleaved in rounds, so a
+noisy neighbour on a shared machine hits both alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+for _p in (ROOT, HERE):  # run as a script from anywhere, without installing the package
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+import torch  # noqa: E402
+from cases import SIZES, Case, Impl, build_cases, count_instances  # noqa: E402
+
+import pix2pixhd_fast  # noqa: E402
+
+ROUNDS = 3  # fast and baselines alternate in this many rounds
+ROTATE_BYTES = 256 << 20  # rotate through enough input sets to exceed this (several times a GPU's L2)
+MAX_SETS = 8
+
+
+# ----------------------------------------------------------------------------------------------------
+# Machine description
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    want = {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return sorted(want & set(line.split(":", 1)[1].split()))
+    except OSError:
+        pass
+    return []
+
+
+def _loadavg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def machine_info(device: str) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "cpu": cpu_model(),
+        "cpu_flags": cpu_flags(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "build_info": pix2pixhd_fast.build_info(),
+        "cpu_count": os.cpu_count(),
+        "loadavg_start": _loadavg(),
+    }
+    if device == "cuda":
+        p = torch.cuda.get_device_properties(0)
+        info["gpu"] = p.name
+        info["gpu_sms"] = p.multi_processor_count
+        info["gpu_memory_gib"] = round(p.total_memory / 2**30, 1)
+        info["gpu_l2_mib"] = round(getattr(p, "L2_cache_size", 0) / 2**20, 1)
+        info["cc"] = f"{p.major}.{p.minor}"
+    return info
+
+
+# ----------------------------------------------------------------------------------------------------
+# Timing
+
+
+class Timer:
+    """Times ``run(state)`` calls: perf_counter on CPU, CUDA events on GPU; returns seconds per call."""
+
+    def __init__(self, device: str):
+        self.cuda = device == "cuda"
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def once(self, run, state) -> float:
+        self.sync()
+        t0 = time.perf_counter()
+        run(state)
+        self.sync()
+        return time.perf_counter() - t0
+
+    def times(self, run, states: list, reps: int, start: int = 0) -> list[float]:
+        n = len(states)
+        if not self.cuda:
+            out = []
+            for i in range(reps):
+                st = states[(start + i) % n]
+                t0 = time.perf_counter()
+                run(st)
+                out.append(time.perf_counter() - t0)
+            return out
+        ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+        torch.cuda.synchronize()
+        for i in range(reps):
+            ev[i][0].record()
+            run(states[(start + i) % n])
+            ev[i][1].record()
+        torch.cuda.synchronize()
+        return [a.elapsed_time(b) * 1e-3 for a, b in ev]
+
+
+def cuda_graphs(impl: Impl, states: list) -> list:
+    """Capture ``impl.run`` once per state (warmed up on a side stream first, as capture requires)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for st in states:
+            impl.run(st)
+    torch.cuda.current_stream().wait_stream(side)
+    graphs = []
+    for st in states:
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            impl.run(st)
+        graphs.append(g)
+    torch.cuda.synchronize()
+    return graphs
+
+
+def measure_peak_bandwidth(device: str, nbytes: int) -> dict[str, float]:
+    """Copy bandwidth (bytes read + written per second), median of repeated large copies."""
+    n = nbytes // 4
+    src = torch.randn(n, device=device)
+    dst = torch.empty_like(src)
+    timer = Timer(device)
+    for _ in range(3):
+        dst.copy_(src)
+    ts = timer.times(lambda _s: dst.copy_(src), [None], 20 if device == "cuda" else 7)
+    t = statistics.median(ts)
+    return {"bytes": 2 * n * 4, "median_s": t, "gbps": 2 * n * 4 / t / 1e9}
+
+
+def n_sets_for(case: Case, device: str, sizes: str) -> int:
+    if sizes == "tiny":
+        return 2
+    if device == "cpu":
+        return 2
+    return max(2, min(MAX_SETS, math.ceil(ROTATE_BYTES / max(1, case.set_bytes))))
+
+
+def run_case(
+    case: Case, device: str, sizes: str, budget_s: float, slow_reps: int, seed: int, graph_fast: bool = False
+) -> dict:
+    """Measure the fast impl, the baselines and (CUDA) the graph-replayed kernel of one case."""
+    timer = Timer(device)
+    sets = [case.make_set(seed + 1009 * k) for k in range(n_sets_for(case, device, sizes))]
+    impls = case.impls()
+    states = {im.name: [im.prepare(s) for s in sets] for im in impls}
+    runs = {im.name: im.run for im in impls}
+    kernel_mode = None
+    kernel = case.kernel
+    if kernel is None and graph_fast:
+        kernel = case.fast
+    if device == "cuda" and kernel is not None:
+        kstates = [kernel.prepare(s) for s in sets]
+        try:
+            states["kernel"] = cuda_graphs(kernel, kstates)
+            runs["kernel"] = lambda g: g.replay()
+            kernel_mode = "cuda-graph"
+        except Exception as e:  # capture refused: time the raw op eagerly instead
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            print(f"  [{case.id}] CUDA-graph capture failed ({type(e).__name__}: {first}); kernel timed eagerly")
+            torch.cuda.synchronize()
+            states["kernel"] = kstates
+            runs["kernel"] = kernel.run
+            kernel_mode = "eager"
+    slow = {im.name for im in impls if im.slow}
+
+    # Warm-up (also the per-call estimate that sizes the reps).
+    reps: dict[str, int] = {}
+    samples: dict[str, list[float]] = {}
+    for name, run in runs.items():
+        sts = states[name]
+        first = timer.once(run, sts[0])
+        samples[name] = []
+        if name in slow:
+            reps[name] = max(1, slow_reps)
+            continue
+        for st in sts[1:]:
+            run(st)
+        est = min(first, timer.once(run, sts[-1]))
+        cap = 200 if device == "cpu" else 1000
+        reps[name] = int(min(cap, max(5, budget_s / max(est, 1e-7))))
+
+    # Interleaved rounds: every impl takes a share of its reps in each round.
+    for r in range(ROUNDS):
+        for name, run in runs.items():
+            left = reps[name] - len(samples[name])
+            share = left if r == ROUNDS - 1 else math.ceil(reps[name] / ROUNDS)
+            share = min(share, left)
+            if share > 0:
+                samples[name] += timer.times(run, states[name], share, start=len(samples[name]))
+
+    med = {name: statistics.median(v) for name, v in samples.items() if v}
+    fast = med["fast"]
+    row: dict[str, Any] = {
+        "id": case.id,
+        "op": case.op,
+        "variant": case.variant,
+        "info": case.info,
+        "input_sets": len(sets),
+        "fast_s": fast,
+        "fast_reps": len(samples["fast"]),
+        "kernel_s": med.get("kernel"),
+        "kernel_timing": kernel_mode,
+        "bytes": case.bytes_moved,
+        "bytes_note": case.bytes_note,
+        "target": case.target_text,
+        "floor_max": case.floor_max,
+        "baselines": [],
+    }
+    if "inst" in sets[0]:
+        row["instances_per_image"] = count_instances(sets[0]["inst"].cpu())
+    for b in case.baselines:
+        t = med[b.name]
+        ratio = t / fast
+        target = case.targets.get(b.name)
+        row["baselines"].append(
+            {
+                "name": b.name,
+                "median_s": t,
+                "reps": len(samples[b.name]),
+                "ratio": ratio,
+                "target": target,
+                "met": None if target is None else bool(ratio >= target),
+            }
+        )
+    del states, sets
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+def add_floor(row: dict, peak_gbps: float) -> None:
+    t = row["kernel_s"] if row["kernel_s"] is not None else row["fast_s"]
+    row["floor_time_source"] = "kernel" if row["kernel_s"] is not None else "fast"
+    row["gbps"] = row["bytes"] / t / 1e9
+    row["floor_s"] = row["bytes"] / (peak_gbps * 1e9)
+    row["x_floor"] = t / row["floor_s"]
+    row["floor_met"] = None if row["floor_max"] is None else bool(row["x_floor"] <= row["floor_max"])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Report
+
+
+def fmt_t(s: float | None) -> str:
+    if s is None:
+        return "-"
+    if s < 1e-3:
+        return f"{s * 1e6:.1f} us"
+    if s < 1.0:
+        return f"{s * 1e3:.2f} ms"
+    return f"{s:.2f} s"
+
+
+def fmt_ratio(r: float) -> str:
+    return f"{r:.0f}x" if r >= 100 else f"{r:.2f}x"
+
+
+def _met(v: bool | None) -> str:
+    return "-" if v is None else ("met" if v else "MISSED")
+
+
+def ratio_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    head = ["op", "variant", "fast", "baseline", "baseline time", "ratio", "target", "met"]
+    body = []
+    for r in rows:
+        for b in r["baselines"]:
+            tgt = "-" if b["target"] is None else f">= {b['target']:g}x"
+            body.append(
+                [
+                    r["op"],
+                    r["variant"],
+                    fmt_t(r["fast_s"]),
+                    b["name"],
+                    fmt_t(b["median_s"]),
+                    fmt_ratio(b["ratio"]),
+                    tgt,
+                    _met(b["met"]),
+                ]
+            )
+    return head, body
+
+
+def floor_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    head = ["op", "variant", "kernel", "bytes", "counted as", "GB/s", "% peak", "x floor", "floor target", "met"]
+    body = []
+    for r in rows:
+        pct = 100.0 / r["x_floor"] if r["x_floor"] else 0.0
+        tgt = "-" if r["floor_max"] is None else f"<= {r['floor_max']:g}x"
+        body.append(
+            [
+                r["op"],
+                r["variant"],
+                fmt_t(r["kernel_s"] if r["kernel_s"] is not None else r["fast_s"]),
+                f"{r['bytes'] / 1e6:.3g} MB",
+                r["bytes_note"],
+                f"{r['gbps']:.0f}" if r["gbps"] >= 10 else f"{r['gbps']:.2f}",
+                f"{pct:.0f}%",
+                f"{r['x_floor']:.2f}x",
+                tgt,
+                _met(r["floor_met"]),
+            ]
+        )
+    return head, body
+
+
+def text_table(head: list[str], body: list[list[str]]) -> str:
+    w = [max(len(str(x)) for x in col) for col in zip(head, *body, strict=False)]
+    line = lambda cells: "  ".join(str(c).ljust(n) for c, n in zip(cells, w, strict=False)).rstrip()  # noqa: E731
+    return "\n".join([line(head), line(["-" * n for n in w])] + [line(b) for b in body])
+
+
+def md_table(head: list[str], body: list[list[str]]) -> str:
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out += ["| " + " | ".join(str(c) for c in b) + " |" for b in body]
+    return "\n".join(out)
+
+
+def machine_lines(res: dict) -> list[str]:
+    m, s = res["machine"], res["settings"]
+    bi = m["build_info"]
+    lines = []
+    if s["device"] == "cuda":
+        lines.append(
+            f"GPU: {m['gpu']} (cc {m['cc']}, {m['gpu_sms']} SMs, {m['gpu_memory_gib']} GiB, L2 {m['gpu_l2_mib']} MiB)"
+        )
+    lines.append(f"CPU: {m['cpu']} ({m['cpu_capability']}; {' '.join(m['cpu_flags'])}); torch threads: {m['threads']}")
+    lines.append(f"torch {m['torch']}, CUDA {m['cuda']}, Python {m['python']}")
+    load = [m.get("loadavg_start"), m.get("loadavg_end")]
+    if load[0] is not None:
+        note = ""
+        if s["device"] == "cpu" and max(x or 0 for x in load) > 0.5 * (m["cpu_count"] or 1):
+            note = " -- a loaded machine: multi-threaded CPU timings are unreliable (try --threads 1)"
+        lines.append(f"load average (1 min) at start/end: {load[0]} / {load[1]} on {m['cpu_count']} CPUs{note}")
+    lines.append(
+        f"library: ops_loaded={bi['ops_loaded']} cuda_kernels={bi['cuda_kernels']} archs={bi['cuda_archs']}"
+        + (f" ({bi['error']})" if bi["error"] else "")
+    )
+    pk = res["peak"]
+    lines.append(
+        f"measured copy bandwidth (read+write): {pk['gbps']:.0f} GB/s "
+        f"({pk['bytes'] / 1e6:.0f} MB in {fmt_t(pk['median_s'])})"
+    )
+    lines.append(f"sizes: {s['sizes']} {json.dumps({k: v for k, v in SIZES[s['sizes']].items()})}")
+    return lines
+
+
+def render_text(res: dict) -> str:
+    parts = [
+        "\n".join(machine_lines(res)),
+        "",
+        "Ratios (baseline time / fast time, eager):",
+        text_table(*ratio_table(res["rows"])),
+    ]
+    parts += [
+        "",
+        "Memory floor (floor = bytes / measured copy bandwidth; kernel = CUDA-graph replay of the compiled op"
+        " on CUDA, the fast call on CPU):",
+        text_table(*floor_table(res["rows"])),
+    ]
+    if res["errors"]:
+        parts += ["", "FAILED cases:"] + [f"  {e['id']}: {e['error']}" for e in res["errors"]]
+    return "\n".join(parts)
+
+
+def render_markdown(res: dict) -> str:
+    parts = [
+        f"# pix2pixhd_fast operator benchmarks ({res['settings']['device']}, sizes {res['settings']['sizes']})",
+        "",
+    ]
+    parts += [f"- {ln}" for ln in machine_lines(res)]
+    parts += ["", "## Ratios (baseline time / fast time, eager)", "", md_table(*ratio_table(res["rows"]))]
+    parts += [
+        "",
+        "## Memory floor",
+        "",
+        "floor = bytes that must move / measured copy bandwidth; "
+        "kernel = CUDA-graph replay of the compiled op on CUDA, the fast call on CPU.",
+        "",
+        md_table(*floor_table(res["rows"])),
+    ]
+    missed = [f"{r['id']} vs {b['name']}" for r in res["rows"] for b in r["baselines"] if b["met"] is False]
+    missed += [f"{r['id']} floor" for r in res["rows"] if r["floor_met"] is False]
+    parts += ["", f"Targets missed: {', '.join(missed) if missed else 'none'}", ""]
+    if res["errors"]:
+        parts += ["## FAILED cases", ""] + [f"- {e['id']}: {e['error']}" for e in res["errors"]] + [""]
+    return "\n".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--sizes", choices=sorted(SIZES), default=None, help="default: cpu on CPU, gpu on CUDA")
+    ap.add_argument("--json", default=None, help="write the full results here")
+    ap.add_argument("--markdown", default=None, help="write the tables here")
+    ap.add_argument("--only", default=None, help="comma-separated substrings of case ids to run")
+    ap.add_argument("--budget", type=float, default=None, help="seconds of timed reps per implementation")
+    ap.add_argument("--slow-reps", type=int, default=2, help="reps of the reference loop (after 1 warm-up)")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument(
+        "--graph-fast",
+        action="store_true",
+        help="without the compiled library, CUDA-graph the fast call instead (checks the runner itself)",
+    )
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    device = args.device
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("run_ops.py: --device cuda but torch sees no CUDA GPU")
+    sizes = args.sizes or ("gpu" if device == "cuda" else "cpu")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    budget = args.budget if args.budget is not None else {"tiny": 0.02, "cpu": 0.6, "gpu": 0.3}[sizes]
+    torch.manual_seed(args.seed)
+
+    res: dict[str, Any] = {
+        "settings": {
+            "device": device,
+            "sizes": sizes,
+            "budget_s": budget,
+            "slow_reps": args.slow_reps,
+            "rounds": ROUNDS,
+            "seed": args.seed,
+        },
+        "machine": machine_info(device),
+    }
+    peak_bytes = {"tiny": 32 << 20, "cpu": 512 << 20, "gpu": 2 << 30}[sizes]
+    res["peak"] = measure_peak_bandwidth(device, peak_bytes)
+    print("\n".join(machine_lines(res)), flush=True)
+
+    cases = build_cases(device, sizes, purpose="runner")
+    if args.only:
+        keys = [k.strip() for k in args.only.split(",") if k.strip()]
+        cases = [c for c in cases if any(k in c.id for k in keys)]
+    rows, errors = [], []
+    t_all = time.perf_counter()
+    for case in cases:
+        t0 = time.perf_counter()
+        try:
+            row = run_case(case, device, sizes, budget, args.slow_reps, args.seed, args.graph_fast)
+        except Exception as e:  # e.g. a development library without this op's kernel: report, go on
+            msg = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+            print(f"  {case.id:<42} FAILED: {msg}", flush=True)
+            errors.append({"id": case.id, "op": case.op, "error": msg})
+            if device == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.empty_cache()
+            continue
+        add_floor(row, res["peak"]["gbps"])
+        rows.append(row)
+        ratios = ", ".join(f"{b['name']} {fmt_ratio(b['ratio'])}" for b in row["baselines"])
+        print(
+            f"  {case.id:<42} fast {fmt_t(row['fast_s']):>10}  {ratios}  ({time.perf_counter() - t0:.1f} s)", flush=True
+        )
+    res["rows"] = rows
+    res["errors"] = errors
+    res["machine"]["loadavg_end"] = _loadavg()
+    res["total_s"] = time.perf_counter() - t_all
+
+    print()
+    print(render_text(res))
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1, default=str)
+    if args.markdown:
+        os.makedirs(os.path.dirname(os.path.abspath(args.markdown)), exist_ok=True)
+        with open(args.markdown, "w") as f:
+            f.write(render_markdown(res))
+    return res
+
+
+if __name__ == "__main__":
+    sys.exit(1 if main()["errors"] else 0)
