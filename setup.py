@@ -110,7 +110,10 @@ def _extensions():
 
     sources = [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, "csrc", "*.cpp")))]
     sources += [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))]
-    cxx = ["-fdiagnostics-color=always"]
+    # -fopenmp: at::parallel_for is inline OpenMP code in the extension; without the flag the pragmas are
+    # dropped and every CPU kernel silently runs on one thread. libgomp is the one torch already loaded.
+    openmp = [] if sys.platform in ("darwin", "win32") else ["-fopenmp"]
+    cxx = ["-O3", "-fdiagnostics-color=always"] + openmp
     include_dirs = [os.path.join(ROOT, "csrc"), os.path.join(ROOT, "build", "generated")]
     nvcc_version = ""
     if want_cuda:
@@ -122,7 +125,7 @@ def _extensions():
         if nvcc_version and torch.version.cuda and nvcc_version.split(".")[0] != torch_cuda.split(".")[0]:
             print(f"setup.py: WARNING nvcc {nvcc_version} and torch's CUDA {torch_cuda} differ in major version")
     _write_build_config(want_cuda, os.environ.get("TORCH_CUDA_ARCH_LIST", "") if want_cuda else "", nvcc_version)
-    nvcc = ["--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr"]
+    nvcc = ["-O3", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr"]
 
     print("=" * 72)
     print("pix2pixhd_fast build")
@@ -143,6 +146,7 @@ def _extensions():
         sources=sources,
         include_dirs=include_dirs,
         extra_compile_args=kwargs,
+        extra_link_args=openmp,
     )
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 

@@ -5,7 +5,29 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 
+#include <string>
+#include <type_traits>
+
 namespace pix2pixhd_fast {
+
+// Error-message formatting without std::ostream numeric insertion. On the GPU machine (torch 2.11 wheels,
+// a newer system g++) streaming an integer or an IntArrayRef from extension code into TORCH_CHECK's
+// ostringstream crashed inside libstdc++'s num_put (seen in gdb, every op): the extension's inline ostream
+// code and the process's libstdc++ disagreed. std::to_string formats through vsnprintf and is safe; strings,
+// ScalarType names and Device::str() stream as plain characters. Use these for every number in a message.
+template <typename T>
+inline std::string num(T v) {
+  if constexpr (std::is_integral_v<T>) {
+    return std::to_string(static_cast<long long>(v));
+  } else {
+    return std::to_string(static_cast<double>(v));  // float, double, at::Half, at::BFloat16
+  }
+}
+inline std::string dims(at::IntArrayRef s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
 
 // Output memory format of an op on a 4-D tensor: channels-last when the channel dim has unit stride and
 // more than one channel (covers channels-last tensors and spatial slices of them), else NCHW.
@@ -22,7 +44,7 @@ inline at::MemoryFormat memory_format_of(const at::Tensor& x) {
 // Returns a contiguous [N,H,W] view/copy (no dtype change: ids are compared as stored).
 inline at::Tensor check_ids(const at::Tensor& inst, const char* name) {
   TORCH_CHECK(inst.dim() == 3 || (inst.dim() == 4 && inst.size(1) == 1), name,
-              " must have shape [N,1,H,W] or [N,H,W], got ", inst.sizes());
+              " must have shape [N,1,H,W] or [N,H,W], got ", dims(inst.sizes()));
   const auto st = inst.scalar_type();
   TORCH_CHECK(at::isIntegralType(st, /*includeBool=*/false) || st == at::kFloat || st == at::kDouble ||
                   st == at::kHalf || st == at::kBFloat16,
@@ -39,8 +61,8 @@ inline void check_float_input(const at::Tensor& x, const char* name) {
 }
 
 inline void check_same_device(const at::Tensor& a, const char* an, const at::Tensor& b, const char* bn) {
-  TORCH_CHECK(a.device() == b.device(), an, " and ", bn, " must be on the same device, got ", a.device(),
-              " and ", b.device());
+  TORCH_CHECK(a.device() == b.device(), an, " and ", bn, " must be on the same device, got ",
+              a.device().str(), " and ", b.device().str());
 }
 
 }  // namespace pix2pixhd_fast

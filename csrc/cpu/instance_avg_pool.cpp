@@ -96,7 +96,7 @@ void build_runs(const id_t* ids, int64_t hw, Runs& runs) {
     if constexpr (is_float_id<id_t>) {
       using A = std::conditional_t<std::is_same_v<id_t, double>, double, float>;
       const A a = static_cast<A>(v);
-      TORCH_CHECK(std::trunc(a) == a, "inst holds fractional values (found ", a,
+      TORCH_CHECK(std::trunc(a) == a, "inst holds fractional values (found ", num(static_cast<double>(a)),
                   "); ids must be integers (use an integer dtype)");
     }
     int64_t q = p + 1;
@@ -270,13 +270,13 @@ void pool_cpu(const at::Tensor& feat, const at::Tensor& ids, at::Tensor& out, bo
 
 at::Tensor instance_avg_pool_cpu(const at::Tensor& feat, const at::Tensor& inst) {
   check_float_input(feat, "feat");
-  TORCH_CHECK(feat.dim() == 4, "instance_avg_pool: feat must have shape [N,C,H,W], got ", feat.sizes());
+  TORCH_CHECK(feat.dim() == 4, "instance_avg_pool: feat must have shape [N,C,H,W], got ", dims(feat.sizes()));
   TORCH_CHECK(feat.device().is_cpu(), "instance_avg_pool_cpu: feat must be a CPU tensor, got ",
-              feat.device());
+              feat.device().str());
   check_same_device(feat, "feat", inst, "inst");
   const at::Tensor ids = check_ids(inst, "inst");
   TORCH_CHECK(ids.size(0) == feat.size(0) && ids.size(1) == feat.size(2) && ids.size(2) == feat.size(3),
-              "instance_avg_pool: feat ", feat.sizes(), " and inst ", inst.sizes(), " must share N, H and W");
+              "instance_avg_pool: feat ", dims(feat.sizes()), " and inst ", dims(inst.sizes()), " must share N, H and W");
   const bool channels_last = wants_channels_last(feat);
   const auto fmt = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   at::Tensor out = at::empty(feat.sizes(), feat.options().memory_format(fmt));

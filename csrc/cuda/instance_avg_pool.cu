@@ -111,20 +111,20 @@ void launch(const at::Tensor& feat, const at::Tensor& ids, at::Tensor& out, bool
 
 at::Tensor instance_avg_pool_cuda(const at::Tensor& feat, const at::Tensor& inst) {
   check_float_input(feat, "feat");
-  TORCH_CHECK(feat.dim() == 4, "instance_avg_pool: feat must have shape [N,C,H,W], got ", feat.sizes());
+  TORCH_CHECK(feat.dim() == 4, "instance_avg_pool: feat must have shape [N,C,H,W], got ", dims(feat.sizes()));
   TORCH_CHECK(feat.is_cuda(), "instance_avg_pool: feat must be a CUDA tensor");
   check_same_device(feat, "feat", inst, "inst");
   at::Tensor ids = check_ids(inst, "inst");
   TORCH_CHECK(ids.size(0) == feat.size(0) && ids.size(1) == feat.size(2) && ids.size(2) == feat.size(3),
-              "instance_avg_pool: feat ", feat.sizes(), " and inst ", inst.sizes(), " must share N, H and W");
+              "instance_avg_pool: feat ", dims(feat.sizes()), " and inst ", dims(inst.sizes()), " must share N, H and W");
   const c10::cuda::CUDAGuard guard(feat.device());
   const bool channels_last = wants_channels_last(feat);
   const auto fmt = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   at::Tensor out = at::empty(feat.sizes(), feat.options().memory_format(fmt));
   if (out.numel() == 0) return out;
   const int64_t hw = feat.size(2) * feat.size(3);
-  TORCH_CHECK(hw <= (int64_t{1} << 30), "instance_avg_pool: H*W must be at most 2^30, got ", hw);
-  TORCH_CHECK(feat.size(0) <= 65535, "instance_avg_pool: at most 65535 images per call, got ", feat.size(0));
+  TORCH_CHECK(hw <= (int64_t{1} << 30), "instance_avg_pool: H*W must be at most 2^30, got ", num(hw));
+  TORCH_CHECK(feat.size(0) <= 65535, "instance_avg_pool: at most 65535 images per call, got ", num(feat.size(0)));
   const at::Tensor x = feat.contiguous(fmt);
   P2PHD_DISPATCH_ID_TYPES(ids.scalar_type(), "instance_avg_pool_cuda", [&] {
     using id_t = scalar_t;
