@@ -24,7 +24,8 @@ TORCH_LIBRARY(pix2pixhd_fast, m) {
   m.def("instance_avg_pool(Tensor feat, Tensor inst) -> Tensor");
 
   // Instance norm (biased variance over H*W per (n,c)) + optional affine + LeakyReLU(negative_slope).
-  // Returns (y [N,C,H,W] like x, mean [N,C] fp32, rstd [N,C] fp32); mean/rstd are saved for backward.
+  // Returns (y [N,C,H,W] like x, mean [N,C], rstd [N,C]); mean/rstd (fp32, fp64 for fp64 x) are saved
+  // for backward.
   m.def(
       "instance_norm_act(Tensor x, Tensor? weight, Tensor? bias, float eps, float negative_slope) "
       "-> (Tensor, Tensor, Tensor)");

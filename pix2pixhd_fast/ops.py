@@ -268,7 +268,9 @@ def _register() -> None:
     @torch.library.register_fake(lib + "instance_norm_act")
     def _(x, weight, bias, eps, negative_slope):
         y = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_fmt(x))
-        stats = x.new_empty((x.size(0), x.size(1)), dtype=torch.float32)
+        # mean/rstd in the accumulation dtype: float32, float64 for float64 x (exact fp64 gradients).
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        stats = x.new_empty((x.size(0), x.size(1)), dtype=acc)
         return y, stats, stats.clone()
 
     @torch.library.register_fake(lib + "instance_norm_act_backward")
