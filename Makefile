@@ -65,8 +65,8 @@ demo: install
 	$(PY) -m pix2pixhd_fast.cli demo
 
 bench: install
-	$(PY) benchmarks/run_ops.py --device cpu --json benchmarks/results/cpu-$$(hostname -s).json \
-	  --markdown benchmarks/results/cpu-$$(hostname -s).md
+	$(PY) benchmarks/run_ops.py --device cpu --json benchmarks/results/cpu-$$(nproc)core.json \
+	  --markdown benchmarks/results/cpu-$$(nproc)core.md
 
 clean:
 	rm -rf build pix2pixhd_fast/_C*.so *.egg-info $(VENV)/.built
