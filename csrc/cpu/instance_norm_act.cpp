@@ -23,10 +23,13 @@
 #include <cstring>
 #include <vector>
 
+#include "common/instance_norm_act_checks.h"
 #include "common/op_utils.h"
 
 namespace pix2pixhd_fast {
 namespace {
+
+using namespace norm_checks;
 
 // ------------------------------------------------------------------------------------------------
 // Element conversions, branch-free so that loops over them vectorize.
@@ -642,42 +645,14 @@ void backward_cl(const at::Tensor& x, const at::Tensor& gy, at::Tensor* gx, cons
   });
 }
 
-// ------------------------------------------------------------------------------------------------
-// Validation shared by forward and backward.
-
-void check_affine(const at::Tensor& x, const std::optional<at::Tensor>& t, const char* name) {
-  if (!t.has_value() || !t->defined()) return;
-  check_float_input(*t, name);
-  TORCH_CHECK(t->dim() == 1 && t->size(0) == x.size(1), "instance_norm_act: ", name,
-              " must have shape [C] = [", num(x.size(1)), "], got ", dims(t->sizes()));
-  check_same_device(x, "x", *t, name);
-}
-
-void check_x(const at::Tensor& x) {
-  TORCH_CHECK(x.dim() == 4, "instance_norm_act: x must have shape [N,C,H,W], got ", dims(x.sizes()));
-  check_float_input(x, "x");
-}
-
-at::ScalarType acc_type_of(const at::Tensor& x) {
-  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-at::Tensor affine_as(const std::optional<at::Tensor>& t, at::ScalarType acc) {
-  if (!t.has_value() || !t->defined()) return at::Tensor();
-  return t->to(acc).contiguous();
-}
-
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_act_cpu(const at::Tensor& x,
                                                                      const std::optional<at::Tensor>& weight,
                                                                      const std::optional<at::Tensor>& bias,
                                                                      double eps, double negative_slope) {
-  check_x(x);
+  check_forward(x, weight, bias, eps);
   TORCH_CHECK(x.device().is_cpu(), "instance_norm_act: x must be a CPU tensor, got ", x.device().str());
-  check_affine(x, weight, "weight");
-  check_affine(x, bias, "bias");
-  TORCH_CHECK(eps >= 0, "instance_norm_act: eps must be >= 0, got ", num(eps));
   const auto fmt = memory_format_of(x);
   const int64_t N = x.size(0), C = x.size(1), hw = x.size(2) * x.size(3);
   auto y = at::empty(x.sizes(), x.options(), fmt);
@@ -711,25 +686,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_act_backward_cpu(
     const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& rstd,
     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, double negative_slope,
     std::array<bool, 3> output_mask) {
-  check_x(x);
+  check_backward(grad_y, x, mean, rstd, weight, bias);
   TORCH_CHECK(x.device().is_cpu(), "instance_norm_act_backward: x must be a CPU tensor, got ", x.device().str());
-  check_float_input(grad_y, "grad_y");
-  TORCH_CHECK(grad_y.sizes() == x.sizes(), "instance_norm_act_backward: grad_y shape ", dims(grad_y.sizes()),
-              " must equal x shape ", dims(x.sizes()));
-  check_same_device(x, "x", grad_y, "grad_y");
   const int64_t N = x.size(0), C = x.size(1), hw = x.size(2) * x.size(3);
   const auto acc = acc_type_of(x);
-  for (const auto* t : {&mean, &rstd}) {
-    const char* name = t == &mean ? "mean" : "rstd";
-    TORCH_CHECK(t->scalar_type() == acc, "instance_norm_act_backward: ", name, " must be ",
-                acc == at::kDouble ? "float64" : "float32", " (the forward's statistics for x of ",
-                x.scalar_type(), "), got ", t->scalar_type());
-    TORCH_CHECK(t->dim() == 2 && t->size(0) == N && t->size(1) == C, "instance_norm_act_backward: ", name,
-                " must have shape [N,C] = [", num(N), ",", num(C), "], got ", dims(t->sizes()));
-    check_same_device(x, "x", *t, name);
-  }
-  check_affine(x, weight, "weight");
-  check_affine(x, bias, "bias");
   const bool has_w = weight.has_value() && weight->defined(), has_b = bias.has_value() && bias->defined();
   const bool need_w = has_w && output_mask[1], need_b = has_b && output_mask[2];
   const auto fmt = memory_format_of(x);

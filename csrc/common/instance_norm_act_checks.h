@@ -1,0 +1,70 @@
+// Input validation of instance_norm_act / instance_norm_act_backward, shared by the CPU and CUDA kernels
+// (each adds its own device check). ATen-side, host-only.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+
+#include "common/op_utils.h"
+
+namespace pix2pixhd_fast {
+namespace norm_checks {
+
+// Statistics (mean, rstd) are kept in the accumulation type: float32, float64 for float64 x.
+inline at::ScalarType acc_type_of(const at::Tensor& x) {
+  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+inline void check_affine(const at::Tensor& x, const std::optional<at::Tensor>& t, const char* name) {
+  if (!t.has_value() || !t->defined()) return;
+  check_float_input(*t, name);
+  TORCH_CHECK(t->dim() == 1 && t->size(0) == x.size(1), "instance_norm_act: ", name,
+              " must have shape [C] = [", num(x.size(1)), "], got ", dims(t->sizes()));
+  check_same_device(x, "x", *t, name);
+}
+
+inline void check_x(const at::Tensor& x, const char* op) {
+  TORCH_CHECK(x.dim() == 4, op, ": x must have shape [N,C,H,W], got ", dims(x.sizes()));
+  check_float_input(x, "x");
+}
+
+inline void check_forward(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                          const std::optional<at::Tensor>& bias, double eps) {
+  check_x(x, "instance_norm_act");
+  check_affine(x, weight, "weight");
+  check_affine(x, bias, "bias");
+  TORCH_CHECK(eps >= 0, "instance_norm_act: eps must be >= 0, got ", num(eps));
+}
+
+inline void check_backward(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& mean,
+                           const at::Tensor& rstd, const std::optional<at::Tensor>& weight,
+                           const std::optional<at::Tensor>& bias) {
+  check_x(x, "instance_norm_act_backward");
+  check_float_input(grad_y, "grad_y");
+  TORCH_CHECK(grad_y.sizes() == x.sizes(), "instance_norm_act_backward: grad_y shape ", dims(grad_y.sizes()),
+              " must equal x shape ", dims(x.sizes()));
+  check_same_device(x, "x", grad_y, "grad_y");
+  const int64_t N = x.size(0), C = x.size(1);
+  const auto acc = acc_type_of(x);
+  for (const auto* t : {&mean, &rstd}) {
+    const char* name = t == &mean ? "mean" : "rstd";
+    TORCH_CHECK(t->scalar_type() == acc, "instance_norm_act_backward: ", name, " must be ",
+                acc == at::kDouble ? "float64" : "float32", " (the forward's statistics for x of ",
+                x.scalar_type(), "), got ", t->scalar_type());
+    TORCH_CHECK(t->dim() == 2 && t->size(0) == N && t->size(1) == C, "instance_norm_act_backward: ", name,
+                " must have shape [N,C] = [", num(N), ",", num(C), "], got ", dims(t->sizes()));
+    check_same_device(x, "x", *t, name);
+  }
+  check_affine(x, weight, "weight");
+  check_affine(x, bias, "bias");
+}
+
+// weight/bias converted once to the accumulation type (they may be fp32 while x is bf16: autocast).
+inline at::Tensor affine_as(const std::optional<at::Tensor>& t, at::ScalarType acc) {
+  if (!t.has_value() || !t->defined()) return at::Tensor();
+  return t->to(acc).contiguous();
+}
+
+}  // namespace norm_checks
+}  // namespace pix2pixhd_fast
