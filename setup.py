@@ -3,8 +3,8 @@
 What gets built, decided before torch.utils.cpp_extension is imported (it freezes CUDA_HOME on import):
 - CUDA kernels when nvcc and a CUDA-enabled torch exist (no visible GPU needed), or P2PHD_FORCE_CUDA=1;
   P2PHD_NO_CUDA=1 builds the CPU kernels only.
-- CUDA_HOME: $CUDA_HOME, else the toolkit that owns nvcc (symlinks resolved, so an nvcc in /usr/local/bin
-  still finds /usr/local/cuda), else /usr/local/cuda.
+- CUDA_HOME: $CUDA_HOME, else the toolkit that owns the nvcc on PATH (as `nvcc --dryrun` reports it, so a
+  wrapper script or symlink in /usr/local/bin still finds /usr/local/cuda-13.0), else /usr/local/cuda.
 - TORCH_CUDA_ARCH_LIST: taken from the environment, else a default covering Turing..Blackwell + PTX.
 - MAX_JOBS: taken from the environment, else bounded by cores and by memory (~3 GB per nvcc job).
 Build with `pip install --no-build-isolation -e .` after torch is installed.
@@ -26,17 +26,30 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
 
 
+def _nvcc_top(nvcc: str) -> str | None:
+    """The toolkit an nvcc belongs to, as nvcc itself reports it (works for wrapper scripts too)."""
+    try:
+        out = subprocess.run(
+            [nvcc, "--dryrun", "-c", "-x", "cu", os.devnull], capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in (out.stdout + out.stderr).splitlines():
+        if line.startswith("#$ TOP="):
+            return os.path.normpath(line.split("=", 1)[1].strip())
+    return None
+
+
 def _find_cuda_home() -> str | None:
     home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
     if home and os.path.exists(os.path.join(home, "bin", "nvcc")):
         return home
     nvcc = shutil.which("nvcc")
     if nvcc:
-        # /usr/local/bin/nvcc is usually a symlink into the toolkit: follow it.
-        real = os.path.realpath(nvcc)
-        cand = os.path.dirname(os.path.dirname(real))
-        if os.path.exists(os.path.join(cand, "include", "cuda_runtime.h")):
-            return cand
+        # /usr/local/bin/nvcc is often a symlink or a wrapper script: ask nvcc, then follow links.
+        for cand in (_nvcc_top(nvcc), os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))):
+            if cand and os.path.exists(os.path.join(cand, "bin", "nvcc")):
+                return cand
     for cand in ("/usr/local/cuda", "/opt/cuda"):
         if os.path.exists(os.path.join(cand, "bin", "nvcc")):
             return cand
