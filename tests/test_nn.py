@@ -57,3 +57,28 @@ def test_instance_avg_pool_and_boundary_modules(seed, device):
     torch.testing.assert_close(InstanceAvgPool()(feat, inst), reference.instance_avg_pool(feat, inst))
     torch.testing.assert_close(InstanceBoundary()(inst), reference.get_edges(inst))
     assert InstanceBoundary(torch.uint8)(inst).dtype == torch.uint8
+
+
+def test_torch_export_through_the_ops(seed):
+    """torch.export traces the custom ops (fake kernels) and the exported program matches eager."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(9, 8, 3, padding=1)
+            self.norm = InstanceNormReLU(8, affine=True)
+
+        def forward(self, label, inst):
+            from pix2pixhd_fast import ops
+
+            x = ops.encode_input(label, inst, 8)
+            return ops.instance_avg_pool(self.norm(self.conv(x)), inst)
+
+    net = Net()
+    label = torch.randint(0, 8, (2, 1, 16, 24))
+    inst = torch.randint(0, 5, (2, 1, 16, 24)) * 1000
+    ep = torch.export.export(net, (label, inst))
+    targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+    for op in ("encode_input", "instance_norm_act", "instance_avg_pool"):
+        assert f"pix2pixhd_fast.{op}.default" in targets, targets
+    torch.testing.assert_close(ep.module()(label, inst), net(label, inst))
