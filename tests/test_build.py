@@ -5,10 +5,13 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 import torch
 
 import pix2pixhd_fast
 from pix2pixhd_fast import ops
+
+from .conftest import DEVICES
 
 
 def _nvcc_present() -> bool:
@@ -77,3 +80,21 @@ torch.save({"e": e, "y": y.detach(), "g": x.grad, "b": p.ops.instance_boundary(i
     torch.testing.assert_close(y, ref["y"], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(x.grad, ref["g"], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(ops.instance_boundary(inst), ref["b"])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "dtype,name", [(torch.uint16, "UInt16"), (torch.uint32, "UInt32"), (torch.uint64, "UInt64"), (torch.bool, "Bool")]
+)
+def test_every_id_op_rejects_unsupported_id_dtypes(device, dtype, name):
+    """The kernels' own check (what a direct torch.ops call hits) names the dtype, for every id-taking op."""
+    ids = torch.zeros(1, 1, 3, 4, dtype=dtype, device=device)
+    feat = torch.randn(1, 2, 3, 4, device=device)
+    calls = [
+        lambda: torch.ops.pix2pixhd_fast.instance_boundary(ids, torch.float32),
+        lambda: torch.ops.pix2pixhd_fast.instance_avg_pool(feat, ids),
+        lambda: torch.ops.pix2pixhd_fast.encode_input(ids, None, 3, None, torch.float32, False),
+    ]
+    for call in calls:
+        with pytest.raises(RuntimeError, match=f"must hold integer ids .*got {name}"):
+            call()

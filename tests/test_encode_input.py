@@ -148,6 +148,32 @@ def test_large(device, seed):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_many_feature_channels(device, dtype, seed):
+    # CUDA channels-last: 100 feature channels shrink the shared-memory tile below 256 pixels (48..224 by
+    # dtype; several tiles and a partial last one here); 1600 do not fit a 16-pixel tile and take the
+    # NCHW-kernel + copy fallback. Both must equal the reference (and never raise).
+    n, h, w = 2, 5, 41
+    label = rand_labels(n, h, w, 35, torch.int32, device)
+    inst = rand_ids(n, h, w, torch.int64, device)
+    for cf, layout in ((100, "cl"), (1600, "nchw")):
+        feat = rand_feat(n, cf, h, w, torch.float32, device, layout)
+        for fmt in FORMATS:
+            check(ops.encode_input(label, inst, 35, feat, dtype, fmt), label, inst, 35, feat, dtype, fmt)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_unsupported_wide_unsigned_ids(device):
+    # uint16/32/64 ids must be rejected with the dtype named (the CUDA kernel once read them as float64).
+    z = torch.zeros(1, 2, 2, dtype=torch.int64, device=device)
+    u = torch.empty(1, 2, 2, dtype=torch.uint16, device=device)
+    with pytest.raises(RuntimeError, match="UInt16"):
+        OP(u, None, 3, None, torch.float32, True)
+    with pytest.raises(RuntimeError, match="UInt16"):
+        OP(z, u, 3, None, torch.float32, False)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape", [(0, 1, 4, 4), (2, 1, 0, 5), (2, 5, 0), (0, 3, 3)])
 def test_empty(device, shape):
     label = torch.zeros(shape, dtype=torch.int64, device=device)

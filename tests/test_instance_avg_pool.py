@@ -128,6 +128,80 @@ def test_large_map_many_tiles(seed, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("channels", [100, 256, 300])
+def test_channels_last_many_channels(seed, device, channels):
+    # The GPU's NHWC tile paths: C <= 256 (several pixel rows per block) and C > 256 (a loop over channel
+    # blocks); few ids (tile sums in shared memory) and hundreds per tile (sums in the global partials).
+    feat = torch.randn(2, channels, 20, 60, device=device).contiguous(memory_format=torch.channels_last)
+    check(feat, rect_ids(2, 20, 60, [-3, 0, 5, 2**40], device=device))
+    check(feat, torch.randint(0, 400, (2, 1, 20, 60), device=device))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("hw", [(3, 7), (1, 1023), (32, 32), (1, 1025), (41, 50)])
+def test_tile_boundaries(seed, device, layout, hw):
+    # H*W below, at and just above the GPU tile (1024 pixels): the per-tile partials are strided by
+    # min(H*W, 1024), and the last tile may hold a single pixel. Several images, random ids, many channels.
+    h, w = hw
+    feat = torch.randn(3, 40, h, w, device=device)
+    if layout == "channels_last":
+        feat = feat.contiguous(memory_format=torch.channels_last)
+    check(feat, torch.randint(-50, 50, (3, 1, h, w), device=device))
+    check(feat, torch.stack([torch.randperm(h * w) for _ in range(3)]).view(3, 1, h, w).to(device))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_float64_vectorized(seed, device, layout):
+    # fp64 with H*W % 4 == 0 (the GPU's 32-byte vector path) and fp64 sums, few and many ids per tile.
+    feat = torch.randn(2, 3, 32, 40, dtype=torch.float64, device=device)
+    if layout == "channels_last":
+        feat = feat.contiguous(memory_format=torch.channels_last)
+    check(feat, rect_ids(2, 32, 40, [1, 2, 3, -(2**40)], device=device), atol=1e-12, rtol=1e-12)
+    check(feat, torch.randint(0, 3000, (2, 1, 32, 40), device=device), atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_misaligned_storage(seed, device, dtype):
+    # A one-element storage offset: contiguous but not vector-aligned, so the GPU kernels must take their
+    # scalar path although H*W % 4 == 0 would otherwise select vector loads and stores.
+    n, c, h, w = 2, 3, 16, 24
+    feat = torch.randn(n * c * h * w + 1, device=device).to(dtype)[1:].view(n, c, h, w)
+    assert feat.is_contiguous() and feat.data_ptr() % 8 != 0
+    tol = 2e-3 if dtype == torch.float16 else 1e-5
+    check(feat, rect_ids(n, h, w, [0, 1, 2, 9], device=device), atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "dtype, lo, hi", [(torch.uint8, 0, 256), (torch.int8, -128, 128), (torch.int16, -32768, 32768)]
+)
+def test_small_id_dtypes_all_values(seed, device, dtype, lo, hi):
+    # Every (or nearly every) value of the id dtype in each image, random pixels over several GPU tiles: the
+    # GPU table is clamped by the dtype's value range (uint8: 385 slots for 256 ids), not by the tile counts.
+    inst = torch.randint(lo, hi, (2, 1, 64, 80))
+    inst.view(2, -1)[:, : min(hi - lo, 64 * 80)] = torch.arange(lo, lo + min(hi - lo, 64 * 80))
+    feat = torch.randn(2, 3, 64, 80, device=device)
+    check(feat, inst.to(dtype).to(device))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_images_with_different_id_counts(seed, device):
+    # Per-image GPU tables of different sizes: one id, thousands of ids with INT64_MIN among them (its
+    # reserved slot sits at the image's own capacity), a few ids. Each image must pool only its own pixels.
+    i64 = torch.iinfo(torch.int64)
+    inst = torch.empty(3, 1, 48, 64, dtype=torch.int64)
+    inst[0] = 7
+    inst[1] = torch.randint(-2000, 2000, (1, 48, 64))
+    inst[1, 0, ::5, ::3] = i64.min
+    inst[2] = rect_ids(1, 48, 64, [i64.min, 7, 8])[0]
+    feat = torch.randn(3, 4, 48, 64, device=device)
+    check(feat, inst.to(device))
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_huge_negative_sparse_ids(seed, device):
     i64 = torch.iinfo(torch.int64)
     pool = [

@@ -241,6 +241,30 @@ def test_backward_larger(seed, device, dtype):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_channels_last_many_channels(seed, device, dtype):
+    # Channels-last with more channel vectors than one block row (CUDA: gridDim.y > 1, blocks of one pixel
+    # row, idle threads past C): 1040 = 260 fp32 vectors / 130 bf16 vectors; 1030 takes the scalar path
+    # (1030 columns over 5 blocks). For 1030, grad_y is channels-last at storage offset 1: used in place,
+    # misaligned (the scalar path, whatever x's alignment).
+    for c in (1040, 1030):
+        shape = (2, c, 3, 5)
+        w, b = affine_params(c, True, device)
+        x = draw_away_from_kink(shape, dtype, "cl", device, w, b, 0.2)
+        flat = torch.randn(2 * c * 15 + 1, device=device).to(dtype)
+        off = int(c == 1030)
+        gy = flat.as_strided(shape, (15 * c, 1, 5 * c, c), off)
+        assert gy.is_contiguous(memory_format=torch.channels_last) and gy.storage_offset() == off
+        y, gx, gw, gb = run_grads(ops.instance_norm_act, x, w, b, gy, 0.2)
+        yr, rx, rw, rb = run_grads(reference.instance_norm_act, x, w, b, gy, 0.2)
+        assert y.stride() == yr.stride() and gx.stride() == rx.stride()
+        assert_close(y, yr, FWD_TOL[dtype][0], f"{c} y")
+        assert_close(gx, rx, GRAD_TOL[dtype], f"{c} grad_x")
+        assert_close(gw, rw, 1e-4 if dtype == torch.float32 else 2e-3, f"{c} grad_weight")
+        assert_close(gb, rb, 1e-4 if dtype == torch.float32 else 2e-3, f"{c} grad_bias")
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_grad_y_in_another_memory_format(seed, device):
     shape = (2, 8, 6, 10)
     w, b = affine_params(8, True, device)

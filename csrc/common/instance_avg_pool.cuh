@@ -295,11 +295,12 @@ __device__ __forceinline__ void accumulate_tile(acc_t* acc, const scalar_t* __re
 }
 
 // grid (tiles_per_image, N), block kThreads. Partials of tile t (global index n * tiles_per_image + tile):
-// part_keys[t*kTile + j], part_cnt[t*kTile + j], part_sums[(t*kTile + j)*C + c] for j < part_num[t].
+// part_keys[t*S + j], part_cnt[t*S + j], part_sums[(t*S + j)*C + c] for j < part_num[t], where the stride
+// S = part_stride = min(H*W, kTile) bounds the distinct ids of any tile (small images need less than kTile).
 template <typename scalar_t, typename acc_t, typename id_t>
 __global__ void __launch_bounds__(kThreads)
     tile_pool_kernel(const scalar_t* __restrict__ feat, const id_t* __restrict__ ids, int64_t hw,
-                     int channels, int tiles_per_image, bool channels_last, bool vec,
+                     int channels, int tiles_per_image, int part_stride, bool channels_last, bool vec,
                      unsigned long long* __restrict__ part_keys, int* __restrict__ part_cnt,
                      acc_t* __restrict__ part_sums, int* __restrict__ part_num) {
   __shared__ unsigned long long s_keys[kTileTable + 1];
@@ -321,7 +322,7 @@ __global__ void __launch_bounds__(kThreads)
 
   // Tile-local dedupe: the claiming thread numbers the id and records its key in the partials.
   const id_t* ids_tile = ids + static_cast<int64_t>(n) * hw + p0;
-  unsigned long long* keys_out = part_keys + t_global * kTile;
+  unsigned long long* keys_out = part_keys + t_global * part_stride;
   uint32_t slot[kPixPerThread];
 #pragma unroll
   for (int i = 0; i < kPixPerThread; ++i) {
@@ -348,7 +349,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t nsum = static_cast<int64_t>(num) * channels;
   const bool in_smem = nsum * static_cast<int64_t>(sizeof(acc_t)) <= kSumBytes;
   acc_t* s_sum = reinterpret_cast<acc_t*>(s_sum_raw);
-  acc_t* g_sum = part_sums + t_global * kTile * channels;
+  acc_t* g_sum = part_sums + t_global * part_stride * channels;
   for (int i = tid; i < num; i += kThreads) s_cnt[i] = 0;
   if (in_smem) {
     for (int64_t i = tid; i < nsum; i += kThreads) s_sum[i] = acc_t(0);
@@ -379,7 +380,7 @@ __global__ void __launch_bounds__(kThreads)
   }
   __syncthreads();
 
-  for (int i = tid; i < num; i += kThreads) part_cnt[t_global * kTile + i] = s_cnt[i];
+  for (int i = tid; i < num; i += kThreads) part_cnt[t_global * part_stride + i] = s_cnt[i];
   if (in_smem) {
     for (int64_t i = tid; i < nsum; i += kThreads) g_sum[i] = s_sum[i];
   }
@@ -435,7 +436,7 @@ template <typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     merge_kernel(const unsigned long long* __restrict__ part_keys, const int* __restrict__ part_cnt,
                  const acc_t* __restrict__ part_sums, const int* __restrict__ part_num, int tiles_per_image,
-                 int channels, int64_t table_stride, unsigned long long* __restrict__ keys,
+                 int part_stride, int channels, int64_t table_stride, unsigned long long* __restrict__ keys,
                  int* __restrict__ cnt, acc_t* __restrict__ sums, const uint32_t* __restrict__ caps) {
   const int n = blockIdx.y;
   const int groups = (tiles_per_image + 31) / 32;
@@ -459,7 +460,7 @@ __global__ void __launch_bounds__(kThreads)
     const int j = chunk * kMergeChunk + jj;
     if (j >= max_num) break;  // warp-uniform
     const bool valid = j < num;
-    const int64_t e = t_global * kTile + j;
+    const int64_t e = t_global * part_stride + j;
     const uint64_t key = valid ? part_keys[e] : 0ull;
     bool won;
     const uint32_t slot = warp_find_or_claim(k_n, cap, key, valid, won);

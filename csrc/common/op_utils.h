@@ -46,8 +46,9 @@ inline at::Tensor check_ids(const at::Tensor& inst, const char* name) {
   TORCH_CHECK(inst.dim() == 3 || (inst.dim() == 4 && inst.size(1) == 1), name,
               " must have shape [N,1,H,W] or [N,H,W], got ", dims(inst.sizes()));
   const auto st = inst.scalar_type();
-  TORCH_CHECK(at::isIntegralType(st, /*includeBool=*/false) || st == at::kFloat || st == at::kDouble ||
-                  st == at::kHalf || st == at::kBFloat16,
+  // Explicit list: isIntegralType also admits the barely supported uint16/32/64, which no kernel dispatches.
+  TORCH_CHECK(st == at::kByte || st == at::kChar || st == at::kShort || st == at::kInt || st == at::kLong ||
+                  st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16,
               name, " must hold integer ids (uint8/int8/int16/int32/int64, or float with integral values), got ",
               st);
   auto ids = inst.dim() == 4 ? inst.select(1, 0) : inst;

@@ -303,8 +303,14 @@ void launch(const EncodeParams& P, at::Tensor& out, int64_t N, int64_t H, int64_
     // feature channels would not fit the shared memory.
     int64_t pb = kThreads;
     while (pb > 16 && nhwc_smem_bytes(pb, extra, sizeof(U)) > kNhwcSmem) pb -= 16;
-    TORCH_CHECK(nhwc_smem_bytes(pb, extra, sizeof(U)) <= kNhwcSmem,
-                "encode_input (CUDA, channels_last): too many feature channels (", num(P.Cf), ")");
+    if (nhwc_smem_bytes(pb, extra, sizeof(U)) > kNhwcSmem) {
+      // Too many feature channels for a 16-pixel tile (over ~760 at 4 bytes): the NCHW kernel into a
+      // temporary, then one layout copy. Rare (pix2pixHD has 3 feature channels); never an error.
+      at::Tensor tmp = at::empty(out.sizes(), out.options());
+      launch<K, I>(P, tmp, N, H, W, /*channels_last=*/false);
+      out.copy_(tmp);
+      return;
+    }
     const int64_t npix = N * H * W;
     const int64_t blocks = (npix + pb - 1) / pb;
     const int64_t step = int64_t{kThreads} * VE;
@@ -327,12 +333,23 @@ at::Tensor encode_input_cuda(const at::Tensor& label, const std::optional<at::Te
   TORCH_CHECK(label_nc > 0 && label_nc <= (int64_t{1} << 30), "label_nc must be a positive int, got ",
               num(label_nc));
   const c10::cuda::CUDAGuard guard(label.device());
+  // check_ids also admits uint16/32/64, which with_id_type would read as double (wrong values, reads past
+  // the end of the buffer); the CPU kernel rejects them through its dispatch, so does this one.
+  const auto check_id_dtype = [](const at::Tensor& t, const char* name) {
+    const auto st = t.scalar_type();
+    TORCH_CHECK(st == at::kByte || st == at::kChar || st == at::kShort || st == at::kInt || st == at::kLong ||
+                    st == at::kHalf || st == at::kBFloat16 || st == at::kFloat || st == at::kDouble,
+                "encode_input: ", name, " dtype ", st,
+                " is not supported (uint8/int8/int16/int32/int64, or float with integral values)");
+  };
   const at::Tensor labels = check_ids(label, "label");
+  check_id_dtype(label, "label");
   const int64_t N = labels.size(0), H = labels.size(1), W = labels.size(2);
   at::Tensor ids, f;
   if (inst.has_value() && inst->defined()) {
     check_same_device(label, "label", *inst, "inst");
     ids = check_ids(*inst, "inst");
+    check_id_dtype(*inst, "inst");
     TORCH_CHECK(ids.sizes() == labels.sizes(), "inst shape ", dims(inst->sizes()), " does not match label shape ",
                 dims(label.sizes()));
   }
@@ -368,8 +385,9 @@ at::Tensor encode_input_cuda(const at::Tensor& label, const std::optional<at::Te
   P.Cf = static_cast<int32_t>(Cf);
   P.C = static_cast<int32_t>(C);
 
-  // 32-bit index math when every flat output index (plus a group of slack) fits.
-  const bool small = out.numel() + 64 < std::numeric_limits<int32_t>::max();
+  // 32-bit index math when every flat output index, plus the NHWC kernel's one-step overshoot past a
+  // tile (kThreads * 16 bytes = at most 2048 elements), fits.
+  const bool small = out.numel() + 4096 < std::numeric_limits<int32_t>::max();
   dispatch_out_kind<false>(dtype, "encode_input", [&](auto kind) {
     using K = decltype(kind);
     if (small) {

@@ -43,8 +43,11 @@ void launch(const at::Tensor& feat, const at::Tensor& ids, at::Tensor& out, bool
   const int64_t cap_max = std::min(hw, id_value_range(ids.scalar_type())) * 3 / 2 + 1;
   const int64_t table_stride = cap_max + 1;  // + the reserved slot of the INT64_MIN key
 
-  // Workspace: tile partials (worst case: every pixel its own id) and the per-image tables.
-  const int64_t n_part = n * tiles * kTile;
+  // Workspace: tile partials (worst case: every pixel its own id) and the per-image tables. A tile holds at
+  // most min(H*W, kTile) distinct ids: sizing by kTile alone would cost kTile / (H*W) times the feature
+  // map for small images with many channels.
+  const int64_t part_stride = std::min<int64_t>(hw, kTile);
+  const int64_t n_part = n * tiles * part_stride;
   int64_t off = 0;
   auto carve = [&](int64_t bytes) {
     const int64_t at = off;
@@ -81,8 +84,8 @@ void launch(const at::Tensor& feat, const at::Tensor& ids, at::Tensor& out, bool
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const dim3 tile_grid(static_cast<unsigned>(tiles), static_cast<unsigned>(n));
   tile_pool_kernel<scalar_t, acc_t, id_t><<<tile_grid, kThreads, 0, stream>>>(
-      feat_ptr, ids_ptr, hw, channels, static_cast<int>(tiles), channels_last, vec, part_keys, part_cnt,
-      part_sums, part_num);
+      feat_ptr, ids_ptr, hw, channels, static_cast<int>(tiles), static_cast<int>(part_stride), channels_last,
+      vec, part_keys, part_cnt, part_sums, part_num);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
   // Enough blocks to zero a worst-case table quickly; the typical table is tiny and most blocks exit early.
@@ -98,8 +101,8 @@ void launch(const at::Tensor& feat, const at::Tensor& ids, at::Tensor& out, bool
   const int64_t merge_blocks = (merge_warps + kThreads / 32 - 1) / (kThreads / 32);
   const dim3 merge_grid(static_cast<unsigned>(merge_blocks), static_cast<unsigned>(n));
   merge_kernel<acc_t><<<merge_grid, kThreads, 0, stream>>>(
-      part_keys, part_cnt, part_sums, part_num, static_cast<int>(tiles), channels, table_stride, keys, cnt,
-      sums, caps);
+      part_keys, part_cnt, part_sums, part_num, static_cast<int>(tiles), static_cast<int>(part_stride),
+      channels, table_stride, keys, cnt, sums, caps);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
   write_kernel<scalar_t, acc_t, id_t><<<tile_grid, kThreads, 0, stream>>>(
@@ -125,6 +128,9 @@ at::Tensor instance_avg_pool_cuda(const at::Tensor& feat, const at::Tensor& inst
   const int64_t hw = feat.size(2) * feat.size(3);
   TORCH_CHECK(hw <= (int64_t{1} << 30), "instance_avg_pool: H*W must be at most 2^30, got ", num(hw));
   TORCH_CHECK(feat.size(0) <= 65535, "instance_avg_pool: at most 65535 images per call, got ", num(feat.size(0)));
+  // Channel indices are int in the kernels (channel loops step by kThreads past C).
+  TORCH_CHECK(feat.size(1) <= (int64_t{1} << 30), "instance_avg_pool: at most 2^30 channels, got ",
+              num(feat.size(1)));
   const at::Tensor x = feat.contiguous(fmt);
   P2PHD_DISPATCH_ID_TYPES(ids.scalar_type(), "instance_avg_pool_cuda", [&] {
     using id_t = scalar_t;
