@@ -11,8 +11,10 @@
 
 #if defined(__CUDACC__)
 #define P2PHD_HD __host__ __device__ __forceinline__
+#define P2PHD_UNROLL _Pragma("unroll")
 #else
 #define P2PHD_HD inline
+#define P2PHD_UNROLL  // g++ unrolls the fixed-trip loop itself; it does not know the pragma
 #endif
 
 namespace pix2pixhd_fast {
@@ -67,7 +69,7 @@ P2PHD_HD bool pixel_edge(const T* up, const T* cur, const T* down, I x, I W) {
 // c[V-1] at the image border), u/d the ids above/below (or c where that row does not exist).
 template <typename T, int V>
 P2PHD_HD void group_edges(const T (&c)[V], T left, T right, const T (&u)[V], const T (&d)[V], bool (&e)[V]) {
-#pragma unroll
+P2PHD_UNROLL
   for (int i = 0; i < V; ++i) {
     const T l = i == 0 ? left : c[i - 1];
     const T r = i == V - 1 ? right : c[i + 1];
@@ -105,10 +107,10 @@ template <typename T, int V>
 __device__ __forceinline__ void load_group(const T* __restrict__ p, T (&out)[V]) {
   if (reinterpret_cast<uintptr_t>(p) % sizeof(Pack<T, V>) == 0) {
     const Pack<T, V> pk = *reinterpret_cast<const Pack<T, V>*>(p);
-#pragma unroll
+P2PHD_UNROLL
     for (int i = 0; i < V; ++i) out[i] = pk.v[i];
   } else {
-#pragma unroll
+P2PHD_UNROLL
     for (int i = 0; i < V; ++i) out[i] = p[i];
   }
 }
@@ -118,11 +120,11 @@ template <typename U, int V, typename I>
 __device__ __forceinline__ void store_group(U* __restrict__ p, const U (&v)[V], I valid) {
   if (valid >= V && reinterpret_cast<uintptr_t>(p) % sizeof(Pack<U, V>) == 0) {
     Pack<U, V> pk;
-#pragma unroll
+P2PHD_UNROLL
     for (int i = 0; i < V; ++i) pk.v[i] = v[i];
     *reinterpret_cast<Pack<U, V>*>(p) = pk;
   } else {
-#pragma unroll
+P2PHD_UNROLL
     for (int i = 0; i < V; ++i)
       if (i < valid) p[i] = v[i];
   }
@@ -149,7 +151,7 @@ __device__ __forceinline__ void group_edges_at(const T* __restrict__ img, I H, I
   } else {
     // The group wraps into the next row (W not a multiple of V) or runs past the end of the image.
     const I HW = H * W;
-#pragma unroll
+P2PHD_UNROLL
     for (int i = 0; i < V; ++i) {
       const I p = p0 + i;
       e[i] = false;

@@ -36,7 +36,7 @@ class IdIndex {
     while (true) {
       const int32_t v = vals_[h];
       if (v < 0) {
-        if (2 * (size_ + 1) > vals_.size()) {
+        if (2 * static_cast<size_t>(size_ + 1) > vals_.size()) {
           grow();
           return index_of(key);
         }

@@ -179,10 +179,14 @@ constexpr int vec_width() {
 template <typename T>
 bool use_vectors(std::initializer_list<const void*> ptrs, int64_t C, int64_t hw, bool cl) {
   constexpr int V = vec_width<T>();
-  if (V == 1 || (cl ? C : hw) % V != 0) return false;
-  for (const void* p : ptrs)
-    if (!aligned16(p)) return false;
-  return true;
+  if constexpr (V == 1) {
+    return false;
+  } else {
+    if ((cl ? C : hw) % V != 0) return false;
+    for (const void* p : ptrs)
+      if (!aligned16(p)) return false;
+    return true;
+  }
 }
 
 }  // namespace
