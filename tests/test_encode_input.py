@@ -216,7 +216,8 @@ def test_compile_fullgraph_with_feat_grad(device, seed):
     (g_c,) = torch.autograd.grad(loss_c, feat)
     torch.testing.assert_close(x_c, x_e, rtol=0, atol=0)
     assert x_c.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(loss_c, loss_e)
+    # x is bit-identical; the loss is a ~3700-term fp32 sum that inductor reduces in another order.
+    torch.testing.assert_close(loss_c, loss_e, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(g_c, g_e, rtol=0, atol=0)
     torch.testing.assert_close(g_e, weight[:, 36:].expand_as(feat))
 
