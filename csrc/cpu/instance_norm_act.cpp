@@ -23,13 +23,13 @@
 #include <cstring>
 #include <vector>
 
-#include "common/instance_norm_act_checks.h"
+#include "common/instance_norm_act_host.h"
 #include "common/op_utils.h"
 
 namespace pix2pixhd_fast {
 namespace {
 
-using namespace norm_checks;
+using namespace norm_host;
 
 // ------------------------------------------------------------------------------------------------
 // Element conversions, branch-free so that loops over them vectorize.
@@ -654,17 +654,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_act_cpu(const at::T
   check_forward(x, weight, bias, eps);
   TORCH_CHECK(x.device().is_cpu(), "instance_norm_act: x must be a CPU tensor, got ", x.device().str());
   const auto fmt = memory_format_of(x);
-  const int64_t N = x.size(0), C = x.size(1), hw = x.size(2) * x.size(3);
-  auto y = at::empty(x.sizes(), x.options(), fmt);
-  // Statistics in the accumulation type: float32, float64 for float64 x (exact fp64 gradients).
-  auto mean = at::empty({N, C}, x.options().dtype(acc_type_of(x)));
-  auto rstd = at::empty({N, C}, x.options().dtype(acc_type_of(x)));
-  if (N * C == 0) return {y, mean, rstd};
-  if (hw == 0) {  // no pixels: variance taken as 0
-    mean.zero_();
-    rstd.fill_(1.0 / std::sqrt(eps));
-    return {y, mean, rstd};
-  }
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> out;
+  if (forward_outputs(x, eps, fmt, out)) return out;
+  // Named references, not a structured binding: the kernels' lambdas capture them, which C++17 forbids.
+  at::Tensor &y = std::get<0>(out), &mean = std::get<1>(out), &rstd = std::get<2>(out);
   const auto acc = acc_type_of(x);
   const auto xc = x.contiguous(fmt);
   const auto w = affine_as(weight, acc), b = affine_as(bias, acc);

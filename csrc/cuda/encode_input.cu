@@ -39,7 +39,26 @@ struct Tag {
   using type = T;
 };
 
-// f(Tag<T>{}) for the element type of an id map (label or inst).
+// f(Tag<T>{}) for the element type of a feature map (a float dtype).
+template <typename F>
+__device__ __forceinline__ void with_feat_type(at::ScalarType st, F&& f) {
+  switch (st) {
+    case at::ScalarType::Half:
+      f(Tag<c10::Half>{});
+      break;
+    case at::ScalarType::BFloat16:
+      f(Tag<c10::BFloat16>{});
+      break;
+    case at::ScalarType::Float:
+      f(Tag<float>{});
+      break;
+    default:
+      f(Tag<double>{});
+      break;
+  }
+}
+
+// f(Tag<T>{}) for the element type of an id map (label or inst): an integer dtype, or a float one.
 template <typename F>
 __device__ __forceinline__ void with_id_type(at::ScalarType st, F&& f) {
   switch (st) {
@@ -58,35 +77,8 @@ __device__ __forceinline__ void with_id_type(at::ScalarType st, F&& f) {
     case at::ScalarType::Long:
       f(Tag<int64_t>{});
       break;
-    case at::ScalarType::Half:
-      f(Tag<c10::Half>{});
-      break;
-    case at::ScalarType::BFloat16:
-      f(Tag<c10::BFloat16>{});
-      break;
-    case at::ScalarType::Float:
-      f(Tag<float>{});
-      break;
     default:
-      f(Tag<double>{});
-      break;
-  }
-}
-
-template <typename F>
-__device__ __forceinline__ void with_feat_type(at::ScalarType st, F&& f) {
-  switch (st) {
-    case at::ScalarType::Half:
-      f(Tag<c10::Half>{});
-      break;
-    case at::ScalarType::BFloat16:
-      f(Tag<c10::BFloat16>{});
-      break;
-    case at::ScalarType::Float:
-      f(Tag<float>{});
-      break;
-    default:
-      f(Tag<double>{});
+      with_feat_type(st, f);
       break;
   }
 }
@@ -333,23 +325,13 @@ at::Tensor encode_input_cuda(const at::Tensor& label, const std::optional<at::Te
   TORCH_CHECK(label_nc > 0 && label_nc <= (int64_t{1} << 30), "label_nc must be a positive int, got ",
               num(label_nc));
   const c10::cuda::CUDAGuard guard(label.device());
-  // check_ids also admits uint16/32/64, which with_id_type would read as double (wrong values, reads past
-  // the end of the buffer); the CPU kernel rejects them through its dispatch, so does this one.
-  const auto check_id_dtype = [](const at::Tensor& t, const char* name) {
-    const auto st = t.scalar_type();
-    TORCH_CHECK(st == at::kByte || st == at::kChar || st == at::kShort || st == at::kInt || st == at::kLong ||
-                    st == at::kHalf || st == at::kBFloat16 || st == at::kFloat || st == at::kDouble,
-                "encode_input: ", name, " dtype ", st,
-                " is not supported (uint8/int8/int16/int32/int64, or float with integral values)");
-  };
+  // check_ids admits exactly the id dtypes with_id_type dispatches (never uint16/32/64).
   const at::Tensor labels = check_ids(label, "label");
-  check_id_dtype(label, "label");
   const int64_t N = labels.size(0), H = labels.size(1), W = labels.size(2);
   at::Tensor ids, f;
   if (inst.has_value() && inst->defined()) {
     check_same_device(label, "label", *inst, "inst");
     ids = check_ids(*inst, "inst");
-    check_id_dtype(*inst, "inst");
     TORCH_CHECK(ids.sizes() == labels.sizes(), "inst shape ", dims(inst->sizes()), " does not match label shape ",
                 dims(label.sizes()));
   }

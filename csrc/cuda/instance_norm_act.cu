@@ -15,13 +15,13 @@
 #include <type_traits>
 
 #include "common/instance_norm_act.cuh"
-#include "common/instance_norm_act_checks.h"
+#include "common/instance_norm_act_host.h"
 #include "common/op_utils.h"
 
 namespace pix2pixhd_fast {
 namespace {
 
-using namespace norm_checks;
+using namespace norm_host;
 
 using p2phd::norm::AccOf;
 using p2phd::norm::Affine;
@@ -202,15 +202,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_act_cuda(const at::
   const bool cl = fmt == at::MemoryFormat::ChannelsLast;
   const int64_t N = x.size(0), C = x.size(1), hw = x.size(2) * x.size(3);
   const auto acc = acc_type_of(x);
-  auto y = at::empty(x.sizes(), x.options(), fmt);
-  auto mean = at::empty({N, C}, x.options().dtype(acc));
-  auto rstd = at::empty({N, C}, x.options().dtype(acc));
-  if (N * C == 0) return {y, mean, rstd};
-  if (hw == 0) {  // no pixels: variance taken as 0, as on the CPU
-    mean.zero_();
-    rstd.fill_(1.0 / std::sqrt(eps));
-    return {y, mean, rstd};
-  }
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> out;
+  if (forward_outputs(x, eps, fmt, out)) return out;
+  // Named references, not a structured binding: the kernels' lambdas capture them, which C++17 forbids.
+  at::Tensor &y = std::get<0>(out), &mean = std::get<1>(out), &rstd = std::get<2>(out);
   const auto xc = x.contiguous(fmt);
   const auto w = affine_as(weight, acc), b = affine_as(bias, acc);
   const auto stream = at::cuda::getCurrentCUDAStream().stream();

@@ -1,15 +1,17 @@
-// Input validation of instance_norm_act / instance_norm_act_backward, shared by the CPU and CUDA kernels
-// (each adds its own device check). ATen-side, host-only.
+// Host-side code shared by the CPU and CUDA kernels of instance_norm_act / instance_norm_act_backward:
+// input validation (each kernel adds its own device check) and the forward's outputs. ATen-side, host-only.
 #pragma once
 
 #include <ATen/ATen.h>
 
+#include <cmath>
 #include <optional>
+#include <tuple>
 
 #include "common/op_utils.h"
 
 namespace pix2pixhd_fast {
-namespace norm_checks {
+namespace norm_host {
 
 // Statistics (mean, rstd) are kept in the accumulation type: float32, float64 for float64 x.
 inline at::ScalarType acc_type_of(const at::Tensor& x) {
@@ -66,5 +68,23 @@ inline at::Tensor affine_as(const std::optional<at::Tensor>& t, at::ScalarType a
   return t->to(acc).contiguous();
 }
 
-}  // namespace norm_checks
+// The forward's outputs: y like x in `fmt`, mean/rstd [N,C] in the accumulation type. Degenerate sizes are
+// settled here the same way on every device; returns true when nothing is left for the kernel to compute.
+inline bool forward_outputs(const at::Tensor& x, double eps, at::MemoryFormat fmt,
+                            std::tuple<at::Tensor, at::Tensor, at::Tensor>& out) {
+  const int64_t N = x.size(0), C = x.size(1), hw = x.size(2) * x.size(3);
+  at::Tensor &y = std::get<0>(out), &mean = std::get<1>(out), &rstd = std::get<2>(out);
+  y = at::empty(x.sizes(), x.options(), fmt);
+  mean = at::empty({N, C}, x.options().dtype(acc_type_of(x)));
+  rstd = at::empty({N, C}, x.options().dtype(acc_type_of(x)));
+  if (N * C == 0) return true;
+  if (hw == 0) {  // no pixels: variance taken as 0
+    mean.zero_();
+    rstd.fill_(1.0 / std::sqrt(eps));
+    return true;
+  }
+  return false;
+}
+
+}  // namespace norm_host
 }  // namespace pix2pixhd_fast
