@@ -46,13 +46,8 @@ def has_ops() -> bool:
     return _lib.load()
 
 
-def _wants_channels_last(x: torch.Tensor) -> bool:
-    # Mirror of csrc/common/op_utils.h: wants_channels_last.
-    return x.dim() == 4 and x.size(1) > 1 and x.stride(1) == 1
-
-
-def _fmt(x: torch.Tensor) -> torch.memory_format:
-    return torch.channels_last if _wants_channels_last(x) else torch.contiguous_format
+# The fake kernels' output-format rule is the kernels' one (csrc/common/op_utils.h: wants_channels_last).
+_fmt = reference.output_memory_format
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -112,7 +112,7 @@ def instance_avg_pool_scatter(feat: torch.Tensor, inst: torch.Tensor) -> torch.T
     sums = torch.zeros(c, n * max(k, 1), dtype=acc, device=feat.device)
     means = sums.scatter_reduce(1, index, src, reduce="mean", include_self=False)
     out = means.gather(1, index).reshape(c, n, h * w).permute(1, 0, 2).reshape(n, c, h, w)
-    return out.to(feat.dtype).contiguous(memory_format=_format_of(feat))
+    return out.to(feat.dtype).contiguous(memory_format=output_memory_format(feat))
 
 
 def instance_avg_pool(feat: torch.Tensor, inst: torch.Tensor) -> torch.Tensor:
@@ -140,11 +140,12 @@ def instance_norm_act(
     )
     if negative_slope != 1.0:
         y = F.leaky_relu(y, negative_slope)
-    return y.to(x.dtype).contiguous(memory_format=_format_of(x))
+    return y.to(x.dtype).contiguous(memory_format=output_memory_format(x))
 
 
-def _format_of(x: torch.Tensor) -> torch.memory_format:
-    """The kernels' output-format rule (csrc/common/op_utils.h: wants_channels_last)."""
+def output_memory_format(x: torch.Tensor) -> torch.memory_format:
+    """The kernels' output-format rule (csrc/common/op_utils.h: wants_channels_last): channels-last when the
+    channel dim of a 4-D tensor has unit stride and more than one channel, else NCHW."""
     if x.dim() == 4 and x.size(1) > 1 and x.stride(1) == 1:
         return torch.channels_last
     return torch.contiguous_format

@@ -30,8 +30,7 @@ def test_compiled_ops_loaded():
 def test_cuda_kernels_compiled_when_toolkit_present():
     info = pix2pixhd_fast.build_info()
     if torch.version.cuda is None or not _nvcc_present() or os.environ.get("P2PHD_NO_CUDA") == "1":
-        assert info["cuda_kernels"] is False or info["cuda_kernels"] is True  # nothing to require
-        return
+        pytest.skip("no CUDA toolkit or CPU-only torch: a CPU-only build is expected")
     assert info["cuda_kernels"], "nvcc and a CUDA torch exist, but the CUDA kernels were not compiled"
     assert info["cuda_archs"], "CUDA build without recorded archs"
     assert info["built_cuda_version"]
