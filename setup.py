@@ -122,7 +122,8 @@ def _extensions():
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
     sources = [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, "csrc", "*.cpp")))]
-    sources += [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))]
+    for sub in ("autograd", "cpu"):  # device-independent autograd kernels, then the CPU kernels
+        sources += [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, "csrc", sub, "*.cpp")))]
     # -fopenmp: at::parallel_for is inline OpenMP code in the extension; without the flag the pragmas are
     # dropped and every CPU kernel silently runs on one thread. libgomp is the one torch already loaded.
     openmp = [] if sys.platform in ("darwin", "win32") else ["-fopenmp"]

@@ -467,11 +467,78 @@ def encode_cases(device: str, sizes: str, variants=ENCODE_VARIANTS) -> list[Case
     return out
 
 
+# Per-call overhead: fwd+bwd at sizes where the kernels take microseconds, so the time is the Python
+# wrapper, the dispatcher and autograd (the generator's and discriminator's small feature maps make ~40
+# norm calls per training step). On CUDA the "kernel" column (CUDA-graph replay of the raw ops) is the
+# kernels' share; fast minus kernel is the overhead. The same shapes at every `sizes`.
+OVERHEAD_SHAPES = {"norm": (1, 16, 8, 8), "pool": (1, 3, 8, 8), "instances": 4}
+
+
+def overhead_cases(device: str) -> list[Case]:
+    out = []
+    norm_shape = OVERHEAD_SHAPES["norm"]
+    module = torch.nn.Sequential(torch.nn.InstanceNorm2d(norm_shape[1], eps=EPS), torch.nn.ReLU(True)).to(device)
+    out.append(
+        Case(
+            op="instance_norm_relu",
+            variant="call overhead fwd+bwd fp32 " + "x".join(map(str, norm_shape)),
+            device=device,
+            make_set=lambda seed: {
+                "x": _randn(norm_shape, torch.float32, device, seed),
+                "gy": _randn(norm_shape, torch.float32, device, seed + 1),
+            },
+            fast=_impl("fast", lambda s: ops.instance_norm_relu(s["x"], eps=EPS), "fwd+bwd", "x"),
+            baselines=[_impl(NORM_BASELINE + " (autograd)", lambda s, m=module: m(s["x"]), "fwd+bwd", "x")],
+            kernel=_norm_kernel("fwd+bwd") if _lib() else None,
+            bytes_moved=6 * _numel(norm_shape) * 4,
+            bytes_note="6 passes (a call-overhead case: the floor says little)",
+            set_bytes=2 * _numel(norm_shape) * 4,
+            target_text="per-call overhead",
+            info={"shape": list(norm_shape), "dtype": str(torch.float32), "pass": "fwd+bwd", "overhead": True},
+        )
+    )
+    pool_shape = OVERHEAD_SHAPES["pool"]
+    n, c, h, w = pool_shape
+
+    def make(seed):
+        _label, inst = cityscapes_like(n, h, w, OVERHEAD_SHAPES["instances"], seed)
+        return {
+            "feat": _randn(pool_shape, torch.float32, device, seed + 2),
+            "inst": inst.to(device),
+            "gy": _randn(pool_shape, torch.float32, device, seed + 3),
+        }
+
+    def pool(s):
+        return ops.instance_avg_pool(s["feat"], s["inst"])
+
+    def scatter(s):
+        return reference.instance_avg_pool_scatter(s["feat"], s["inst"])
+
+    out.append(
+        Case(
+            op="instance_avg_pool",
+            variant="call overhead fwd+bwd fp32 " + "x".join(map(str, pool_shape)),
+            device=device,
+            make_set=make,
+            fast=_impl("fast", pool, "fwd+bwd", "feat"),
+            baselines=[_impl("scatter_reduce", scatter, "fwd+bwd", "feat")],
+            kernel=_pool_kernel("fwd+bwd") if _lib() else None,
+            bytes_moved=2 * (_numel(pool_shape) * 4 * 2 + n * h * w * 4),
+            bytes_note="read feat + ids, write out (x2: bwd; a call-overhead case)",
+            set_bytes=2 * _numel(pool_shape) * 4 + n * h * w * 4,
+            target_text="per-call overhead",
+            info={"shape": list(pool_shape), "dtype": str(torch.float32), "pass": "fwd+bwd", "overhead": True},
+        )
+    )
+    return out
+
+
 def build_cases(device: str, sizes: str, purpose: str = "runner") -> list[Case]:
     """Every case for ``device`` at ``sizes``.
 
     ``purpose="runner"`` (run_ops.py): norm fwd and bwd (the DESIGN targets); ``"pytest"``: norm fwd and
-    fwd+bwd. Both: fp32 and bf16, NCHW and channels-last; pool fwd and fwd+bwd; boundary; encode.
+    fwd+bwd. Both: fp32 and bf16, NCHW and channels-last; pool fwd and fwd+bwd; boundary; encode; and the
+    per-call overhead of norm and pool fwd+bwd at a tiny size.
     """
     norm_passes = ("fwd", "bwd") if purpose == "runner" else ("fwd", "fwd+bwd")
     dtypes = (torch.float32, torch.bfloat16)
@@ -480,4 +547,5 @@ def build_cases(device: str, sizes: str, purpose: str = "runner") -> list[Case]:
         + pool_cases(device, sizes, dtypes, ("fwd", "fwd+bwd"))
         + boundary_cases(device, sizes)
         + encode_cases(device, sizes)
+        + overhead_cases(device)
     )

@@ -6,6 +6,7 @@
 // Plain checks, no test framework: every failed check prints what and where; exit status 1 on any failure.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
 #include <torch/version.h>
 
 #if __has_include("p2phd_build_config.h")
@@ -405,6 +406,68 @@ void test_instance_norm_act_backward(const at::Device& dev) {
   CHECK_CLOSE(gx, xr.grad(), 1e-4, 1e-4, "no affine, ReLU, channels-last grad_x");
 }
 
+// The library's autograd kernels (csrc/autograd): gradients of calls made through the dispatcher, as any
+// LibTorch program makes them, against ATen autograd; and a clear error for the unsupported double backward.
+void test_autograd(const at::Device& dev) {
+  for (const char* name : {"instance_norm_act", "instance_avg_pool", "encode_input"}) {
+    ++g_checks;
+    if (!find_op(name).hasKernelForDispatchKey(c10::DispatchKey::Autograd))
+      fail(__LINE__, std::string("no Autograd kernel registered for pix2pixhd_fast::") + name);
+  }
+  if (!have_kernel("instance_norm_act", dev) || !have_kernel("instance_avg_pool", dev)) return;
+  const auto leaf = [&](const Tensor& t) { return t.to(dev).clone().set_requires_grad(true); };
+  const double eps = 1e-5, slope = 0.2;
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  const Tensor x = at::randn({2, 3, 4, 5}, f64), w = at::rand({3}, f64) + 0.5, b = at::randn({3}, f64);
+  const Tensor gy = at::randn({2, 3, 4, 5}, f64);
+  Tensor xr = x.clone().set_requires_grad(true), wr = w.clone().set_requires_grad(true);
+  Tensor br = b.clone().set_requires_grad(true);
+  ref_norm_act(xr, wr, br, eps, slope).backward(gy);
+
+  Tensor xd = leaf(x), wd = leaf(w), bd = leaf(b);
+  auto [y, mean, rstd] = instance_norm_act(xd, wd, bd, eps, slope);
+  CHECK_TRUE(y.requires_grad() && !mean.requires_grad() && !rstd.requires_grad(), "y differentiable, mean/rstd not");
+  y.backward(gy.to(dev));
+  CHECK_CLOSE(xd.grad(), xr.grad(), 1e-6, 1e-6, "norm grad_x via autograd");
+  CHECK_CLOSE(wd.grad(), wr.grad(), 1e-6, 1e-6, "norm grad_weight via autograd");
+  CHECK_CLOSE(bd.grad(), br.grad(), 1e-6, 1e-6, "norm grad_bias via autograd");
+
+  // Only bias requires grad (no weight): the one gradient asked for, right.
+  Tensor bd2 = leaf(b);
+  const Tensor y2 = std::get<0>(instance_norm_act(x.to(dev), std::nullopt, bd2, eps, slope));
+  const Tensor gb = torch::autograd::grad({y2}, {bd2}, {gy.to(dev)})[0];
+  Tensor br2 = b.clone().set_requires_grad(true);
+  ref_norm_act(x, std::nullopt, br2, eps, slope).backward(gy);
+  CHECK_CLOSE(gb, br2.grad(), 1e-6, 1e-6, "norm grad_bias, no weight, x without grad");
+
+  // Double backward through the norm: refused with a clear error, never silently zero.
+  Tensor xd3 = leaf(x);
+  const Tensor y3 = std::get<0>(instance_norm_act(xd3, std::nullopt, std::nullopt, eps, slope));
+  const Tensor gx3 = torch::autograd::grad({y3}, {xd3}, {gy.to(dev)}, /*retain_graph=*/true, /*create_graph=*/true)[0];
+  CHECK_TRUE(gx3.requires_grad(), "create_graph=True gives a differentiable-looking grad_x");
+  CHECK_THROWS(gx3.sum().backward(), "double backward is not supported");
+
+  // Pooling is its own adjoint: d/dfeat sum(pool(feat) * g) = pool(g).
+  const Tensor ids = at::randint(0, 4, {2, 1, 7, 9}, at::kLong) * 1000 - 1500;
+  const Tensor g = at::randn({2, 3, 7, 9}, f64);
+  Tensor fd = leaf(at::randn({2, 3, 7, 9}, f64));
+  Tensor pooled = instance_avg_pool(fd, ids.to(dev));
+  CHECK_TRUE(pooled.requires_grad(), "pooled output requires grad");
+  pooled.backward(g.to(dev));
+  CHECK_CLOSE(fd.grad(), ref_avg_pool(g, ids), 1e-9, 1e-9, "pool grad_feat = pool(grad)");
+
+  // encode_input: feat's gradient is its channel slice of the output's gradient, in feat's dtype.
+  if (!have_kernel("encode_input", dev)) return;
+  const int64_t nc = 4;
+  const Tensor label = at::randint(0, nc, {2, 1, 7, 9}, at::kLong);
+  Tensor feat = leaf(at::randn({2, 2, 7, 9}));
+  const Tensor enc = encode_input(label.to(dev), ids.to(dev), nc, feat, at::kDouble, true);
+  const Tensor genc = at::randn({2, nc + 1 + 2, 7, 9}, f64);
+  enc.backward(genc.to(dev));
+  CHECK_TRUE(feat.grad().scalar_type() == at::kFloat, "encode grad_feat in feat's dtype");
+  CHECK_CLOSE(feat.grad(), genc.narrow(1, nc + 1, 2), 1e-6, 0, "encode grad_feat = channel slice");
+}
+
 void test_build_info() {
   const std::string info = build_info();
   std::printf("build_info: %s\n", info.c_str());
@@ -454,6 +517,7 @@ int main() {
     run("instance_avg_pool" + d, [&] { test_instance_avg_pool(dev); });
     run("instance_norm_act" + d, [&] { test_instance_norm_act(dev); });
     run("instance_norm_act_backward" + d, [&] { test_instance_norm_act_backward(dev); });
+    run("autograd" + d, [&] { test_autograd(dev); });
   }
 
   std::printf("%d checks, %d failures\n", g_checks, g_failures);

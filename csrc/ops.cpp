@@ -1,8 +1,9 @@
 // Every schema of the pix2pixhd_fast operator library, in one place.
 //
 // Kernels live in csrc/cpu/<op>.cpp and csrc/cuda/<op>.cu and register themselves with
-// TORCH_LIBRARY_IMPL(pix2pixhd_fast, CPU|CUDA, m). Fake (meta) kernels and autograd formulas are
-// registered from Python (pix2pixhd_fast/ops.py) with torch.library.
+// TORCH_LIBRARY_IMPL(pix2pixhd_fast, CPU|CUDA, m); the autograd kernels of every op are in
+// csrc/autograd/autograd.cpp (Autograd key). Fake (meta) kernels are registered from Python
+// (pix2pixhd_fast/ops.py) with torch.library.
 #include <torch/library.h>
 
 #include "common/build_info.h"

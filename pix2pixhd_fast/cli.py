@@ -15,7 +15,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
+def _cmd_check_ops(args: argparse.Namespace) -> int:
     """Run every operator on a synthetic street-like label/instance map and check it against the reference."""
     import torch
 
@@ -78,17 +78,81 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _cmd_train(argv: list[str]) -> int:
+    from .options import parse_train
+    from .train import train
+
+    summary = train(parse_train(argv))
+    print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=1))
+    return 0
+
+
+def _cmd_test(argv: list[str]) -> int:
+    from .infer import run_test
+    from .options import parse_test
+
+    summary = run_test(parse_test(argv))
+    print(json.dumps({k: v for k, v in summary.items() if k != "psnr_per_image"}, indent=1))
+    return 0
+
+
+def _cmd_make_synthetic(args: argparse.Namespace) -> int:
+    from .data import make_synthetic_dataset
+
+    summary = make_synthetic_dataset(args.out, n=args.n, size=args.size, seed=args.seed, n_test=args.n_test)
+    print(json.dumps(summary, indent=1, default=str))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    summary = run_demo(args.out, quick=args.quick, seed=args.seed, device=args.device)
+    return 0 if summary["ok"] else 1
+
+
+def _parse_size(s: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in s.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 256x128 (width x height), got {s!r}") from None
+    return w, h
+
+
+# Commands that take the reference's full option set are parsed by their own parsers (see options.py).
+_PASSTHROUGH = {"train": _cmd_train, "test": _cmd_test}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _PASSTHROUGH:
+        return _PASSTHROUGH[argv[0]](argv[1:])
     parser = argparse.ArgumentParser(prog="pix2pixhd-fast", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("train", help="train pix2pixHD (reference train.py options; see train --help)", add_help=False)
+    sub.add_parser("test", help="generate images with a trained model (reference test.py options)", add_help=False)
+    p = sub.add_parser("demo", help="synthetic data -> short training -> test images, HTML page and PSNR")
+    p.add_argument("--out", default="demo_out", help="folder for the data, checkpoints and results")
+    p.add_argument("--quick", action="store_true", help="a much shorter run (smoke test)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.set_defaults(fn=_cmd_demo)
+    p = sub.add_parser("make-synthetic", help="write procedural street scenes in the pix2pixHD folder layout")
+    p.add_argument("--out", required=True, help="dataroot to create")
+    p.add_argument("--n", type=int, default=200, help="training scenes")
+    p.add_argument("--n_test", type=int, default=20, help="test scenes")
+    # type=: a bad size is an argparse usage error (exit 2 with the message), not a traceback
+    p.add_argument("--size", default=(256, 128), type=_parse_size, help="width x height, e.g. 256x128")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=_cmd_make_synthetic)
     p = sub.add_parser("info", help="print what the build contains (build_info)")
     p.set_defaults(fn=_cmd_info)
-    p = sub.add_parser("demo", help="run the operators on a synthetic scene and compare with the reference")
+    p = sub.add_parser("check-ops", help="run the operators on a synthetic scene and compare with the reference")
     p.add_argument("--height", type=int, default=256)
     p.add_argument("--width", type=int, default=512)
     p.add_argument("--objects", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(fn=_cmd_demo)
+    p.set_defaults(fn=_cmd_check_ops)
     args = parser.parse_args(argv)
     return args.fn(args)
 

@@ -1,9 +1,10 @@
 """Public functional API of the custom operators (namespace ``torch.ops.pix2pixhd_fast``).
 
 Each function runs the compiled CPU/CUDA kernel when the library is loaded and falls back to the
-pure-PyTorch reference (:mod:`pix2pixhd_fast.reference`) otherwise. Fake (meta) kernels and autograd
-formulas are registered here with ``torch.library``, so the ops trace under ``torch.compile(fullgraph=True)``
-and ``torch.export`` and differentiate like built-in ops.
+pure-PyTorch reference (:mod:`pix2pixhd_fast.reference`) otherwise. Fake (meta) kernels are registered here
+with ``torch.library``, so the ops trace under ``torch.compile(fullgraph=True)`` and ``torch.export``; the
+autograd kernels are C++ (csrc/autograd/autograd.cpp: a Python autograd formula added 35-45 us per call), so
+the ops differentiate like built-in ops. The references differentiate through plain PyTorch.
 
 Value checks that need to look at the data (label range, fractional float ids) happen inside the CPU
 kernels; for CUDA tensors they run here, behind ``check=True`` (one host sync), because a kernel must never
@@ -12,6 +13,8 @@ all-zero one-hot for that pixel). Under torch.compile the data checks are skippe
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 
@@ -238,7 +241,7 @@ def instance_norm_relu(
 
 
 # ----------------------------------------------------------------------------------------------------
-# Fake kernels and autograd (registered once the library is loaded).
+# Fake kernels (registered once the library is loaded; autograd is registered by the library itself).
 
 
 def _register() -> None:
@@ -275,48 +278,14 @@ def _register() -> None:
         gb = torch.empty_like(bias) if bias is not None and output_mask[2] else x.new_empty((0,))
         return gx, gw, gb
 
-    # encode_input: differentiable in feat only (its channels are copied through).
-    def _enc_setup(ctx, inputs, output):
-        label, inst, label_nc, feat, _dtype, _cl = inputs
-        ctx.offset = label_nc + (inst is not None)
-        ctx.feat_dtype = feat.dtype if feat is not None else None
-
-    def _enc_backward(ctx, grad):
-        gfeat = None
-        if ctx.feat_dtype is not None and ctx.needs_input_grad[3]:
-            gfeat = grad[:, ctx.offset :].to(ctx.feat_dtype)
-        return None, None, None, gfeat, None, None
-
-    torch.library.register_autograd(lib + "encode_input", _enc_backward, setup_context=_enc_setup)
-
-    # instance_avg_pool is a symmetric projection (P^T = P): its backward is the same pooling.
-    def _pool_setup(ctx, inputs, output):
-        ctx.save_for_backward(inputs[1])
-
-    def _pool_backward(ctx, grad):
-        (inst,) = ctx.saved_tensors
-        return torch.ops.pix2pixhd_fast.instance_avg_pool(grad, inst), None
-
-    torch.library.register_autograd(lib + "instance_avg_pool", _pool_backward, setup_context=_pool_setup)
-
-    def _norm_setup(ctx, inputs, output):
-        x, weight, bias, _eps, slope = inputs
-        _y, mean, rstd = output
-        ctx.slope = slope
-        ctx.has_w, ctx.has_b = weight is not None, bias is not None
-        ctx.save_for_backward(x, mean, rstd, weight, bias)
-        ctx.mark_non_differentiable(mean, rstd)
-
-    def _norm_backward(ctx, gy, _gmean, _grstd):
-        x, mean, rstd, weight, bias = ctx.saved_tensors
-        mask = [ctx.needs_input_grad[0], ctx.has_w and ctx.needs_input_grad[1], ctx.has_b and ctx.needs_input_grad[2]]
-        gx, gw, gb = torch.ops.pix2pixhd_fast.instance_norm_act_backward(
-            gy, x, mean, rstd, weight, bias, ctx.slope, mask
-        )
-        return (gx if mask[0] else None), (gw if mask[1] else None), (gb if mask[2] else None), None, None
-
-    torch.library.register_autograd(lib + "instance_norm_act", _norm_backward, setup_context=_norm_setup)
-
 
 if _lib.load():
     _register()
+    if not torch._C._dispatch_has_kernel_for_dispatch_key("pix2pixhd_fast::instance_norm_act", "Autograd"):
+        # A library built before csrc/autograd/autograd.cpp: its ops would run, but gradients through them
+        # would be silently dropped (autograd's fallback only warns in backward).
+        warnings.warn(
+            "pix2pixhd_fast: the loaded operator library has no autograd kernels (built from older sources); "
+            "rebuild it (`make install`): gradients through its ops are not computed",
+            stacklevel=2,
+        )

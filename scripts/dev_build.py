@@ -2,6 +2,7 @@
 
     python scripts/dev_build.py --name norm csrc/cpu/instance_norm_act.cpp [csrc/cuda/instance_norm_act.cu]
 
+csrc/ops.cpp (the schemas) and csrc/autograd/*.cpp (the autograd kernels) are always built in.
 Prints the path of the built library; run tests against it with ``P2PHD_LIB=<path> pytest ...``.
 Several developers can build different kernels side by side without touching the package's _C.so.
 """
@@ -31,7 +32,11 @@ def main() -> None:
     os.makedirs(build, exist_ok=True)
     site = os.path.dirname(os.path.dirname(torch.__file__))
     incs = [os.path.join(ROOT, "csrc")] + sorted(glob.glob(os.path.join(site, "nvidia", "cu*", "include")))
-    srcs = [os.path.join(ROOT, "csrc", "ops.cpp")] + [os.path.abspath(s) for s in args.sources]
+    # The schemas and the (device-independent) autograd kernels always: without the latter the ops would
+    # have no gradients. Deduplicated, so naming them on the command line as well does no harm.
+    always = [os.path.join(ROOT, "csrc", "ops.cpp")]
+    always += sorted(glob.glob(os.path.join(ROOT, "csrc", "autograd", "*.cpp")))
+    srcs = list(dict.fromkeys(always + [os.path.abspath(s) for s in args.sources]))
     load(
         name=f"p2phd_dev_{args.name}",
         sources=srcs,
