@@ -2,8 +2,9 @@
 #
 #   make install   .venv with torch + dependencies, then the C++/CUDA extension (editable install)
 #   make test      install, lint, the C++ (LibTorch/ctest) build and test, and the Python test suite
-#   make demo      install, then the demo job
+#   make demo      install, then the demo job: synthetic data, a short training, test images + PSNR (demo_out/)
 #   make bench     operator benchmarks (ratios vs baselines, measured in one run)
+#   make bench-train  end-to-end training-step benchmark + G/D rows + profile (CPU, ~5-10 min on 2 cores)
 #
 # CUDA kernels are compiled whenever nvcc and a CUDA build of torch exist (no GPU needed).
 # TORCH_CUDA_ARCH_LIST picks the GPU archs (default here: Ampere + Hopper with PTX, to keep CI short;
@@ -23,7 +24,7 @@ DEPS := numpy pybind11 ninja pytest pytest-benchmark pillow tqdm scikit-learn te
         ruff expecttest
 SOURCES := setup.py pyproject.toml $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' 2>/dev/null)
 
-.PHONY: all venv install test pytest lint cpp-test demo bench clean
+.PHONY: all venv install test pytest lint cpp-test demo bench bench-train clean
 
 all: install
 
@@ -62,11 +63,15 @@ pytest: install
 test: install lint cpp-test pytest
 
 demo: install
-	$(PY) -m pix2pixhd_fast.cli demo
+	$(PY) -m pix2pixhd_fast.cli demo --out demo_out
 
 bench: install
 	$(PY) benchmarks/run_ops.py --device cpu --json benchmarks/results/cpu-$$(nproc)core.json \
 	  --markdown benchmarks/results/cpu-$$(nproc)core.md
+
+bench-train: install
+	$(PY) benchmarks/run_train.py --device cpu --profile --json benchmarks/results/cpu-$$(nproc)core-train.json \
+	  --markdown benchmarks/results/cpu-$$(nproc)core-train.md
 
 clean:
 	rm -rf build pix2pixhd_fast/_C*.so *.egg-info $(VENV)/.built

@@ -82,7 +82,11 @@ def _cmd_train(argv: list[str]) -> int:
     from .options import parse_train
     from .train import train
 
-    summary = train(parse_train(argv))
+    try:
+        summary = train(parse_train(argv))
+    except (ValueError, FileNotFoundError, ImportError) as e:  # bad options or data: a message, not a traceback
+        print(f"pix2pixhd-fast train: error: {e}", file=sys.stderr)
+        return 2
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=1))
     return 0
 
@@ -91,7 +95,11 @@ def _cmd_test(argv: list[str]) -> int:
     from .infer import run_test
     from .options import parse_test
 
-    summary = run_test(parse_test(argv))
+    try:
+        summary = run_test(parse_test(argv))
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        print(f"pix2pixhd-fast test: error: {e}", file=sys.stderr)
+        return 2
     print(json.dumps({k: v for k, v in summary.items() if k != "psnr_per_image"}, indent=1))
     return 0
 

@@ -23,7 +23,7 @@ _SIZE = (256, 128)
 
 def demo_train_args(data: str, ckpt: str, seed: int, quick: bool, device: str | None) -> list[str]:
     """The ``train`` command line of the demo (reference option names)."""
-    niter, niter_decay, n_blocks = ("1", "0", "1") if quick else ("12", "8", "4")
+    niter, niter_decay, n_blocks = ("1", "0", "1") if quick else ("6", "4", "4")
     args = [
         "--name", "demo", "--dataroot", data, "--checkpoints_dir", ckpt, "--label_nc", "35",
         "--resize_or_crop", "none", "--netG", "global", "--ngf", "32", "--n_downsample_global", "3",
@@ -46,7 +46,7 @@ def run_demo(out: str = "demo_out", quick: bool = False, seed: int = 0, device: 
 
     os.makedirs(out, exist_ok=True)
     data, ckpt, results = (os.path.join(out, d) for d in ("data", "checkpoints", "results"))
-    n_train, n_test = (16, 4) if quick else (200, 16)
+    n_train, n_test = (16, 4) if quick else (100, 12)
     t0 = time.perf_counter()
     print(f"[demo] writing {n_train} + {n_test} synthetic street scenes ({_SIZE[0]}x{_SIZE[1]}) to {data}")
     make_synthetic_dataset(data, n=n_train, size=_SIZE, seed=seed, n_test=n_test, overwrite=True)

@@ -29,7 +29,9 @@ def _add_base(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoints_dir", default="./checkpoints", help="where models are saved")
     g.add_argument("--model", default="pix2pixHD", help="which model (only pix2pixHD)")
     g.add_argument("--norm", default="instance", choices=["instance", "batch"], help="normalization layer")
-    g.add_argument("--use_dropout", action="store_true", help="dropout in the residual blocks")
+    g.add_argument(
+        "--use_dropout", action="store_true", help="(reference option, unused: pix2pixHD's generators have no dropout)"
+    )
     g.add_argument("--data_type", default=32, type=int, choices=[8, 16, 32], help="16 = fp16 AMP (as --amp fp16)")
     g.add_argument("--verbose", action="store_true", help="print more")
     g.add_argument("--fp16", action="store_true", help="train with fp16 AMP (the reference used apex; --amp fp16)")

@@ -1,6 +1,7 @@
 """The training pipeline on tiny synthetic data (CPU): schedule, --niter_fix_global, loss going down (fp32 and
-bf16 autocast), exact resumes, a kill in the middle of a checkpoint write, DDP with 2 gloo processes,
---load_pretrain, the CLI end to end, and errors on bad input.
+bf16 autocast), fast ops vs. plain PyTorch, the reference options, exact resumes, a kill in the middle of a
+checkpoint write, DDP with 2 gloo processes, --load_pretrain, the CLI and the demo's command lines, and errors on
+bad input.
 
 Everything runs at 64x32 with ngf/ndf 8, one residual block and one discriminator scale, on one torch thread
 (2 busy cores: several threads per process mostly wait on each other).
@@ -26,6 +27,7 @@ from pix2pixhd_fast.options import parse_test, parse_train
 from pix2pixhd_fast.train import Trainer, fixes_global, learning_rate, total_epochs
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_worker.py")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NETS = ("G", "D", "E")
 
 
@@ -63,6 +65,12 @@ def tiny_args(data: str, ckpt, name: str, *extra: str, amp: str | None = "off", 
 
 
 FEAT = ("--instance_feat", "--nef", "8", "--n_downsample_E", "2")  # the instance feature encoder E
+
+
+def subprocess_env() -> dict[str, str]:
+    """This environment (P2PHD_LIB included), one thread per process, and this checkout first on the path."""
+    path = os.environ.get("PYTHONPATH")
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO + (os.pathsep + path if path else ""))
 
 
 def snapshot(trainer: Trainer) -> dict[str, dict[str, torch.Tensor]]:
@@ -201,9 +209,9 @@ def test_niter_fix_global_trains_only_the_enhancer_then_everything(data, tmp_pat
     assert any(not torch.equal(before["G"][n], after["G"][n]) for n in local)
     assert any(not torch.equal(before["E"][n], after["E"][n]) for n in before["E"])
 
-    # a fresh process resuming from the end of epoch 1 must make the same switch
+    # a new trainer resuming from the end of epoch 1 (its checkpoint) must make the same switch
     b = Trainer(parse_train(args + ["--continue_train", "--max_iters", "4"]))
-    assert b.fix_global and opt_params(b.optimizer_G).__len__() == len(in_opt)
+    assert b.fix_global and len(opt_params(b.optimizer_G)) == len(in_opt)
 
     a.opt.max_iters = 4
     a.train()  # epoch 2: everything trains, with a new optimizer over all of G and E
@@ -262,7 +270,7 @@ def test_training_lowers_the_loss(data, tmp_path, amp):
     moved = [n for n, t in trainer.raw["G"].state_dict().items() if not torch.equal(t, g_before[n])]
     assert len(moved) > len(g_before) // 2
 
-    # start again from the same initial state and train 16 iterations
+    # start again from the same initial weights (same --seed) and train 24 iterations
     trainer = Trainer(opt)
     summary = trainer.train()
     hist = summary["history"]
@@ -273,6 +281,72 @@ def test_training_lowers_the_loss(data, tmp_path, amp):
     assert np.mean(feat[-4:]) < 0.85 * np.mean(feat[:4]), feat
     l1_after = generator_l1(trainer)
     assert l1_after < 0.95 * l1_before, (l1_before, l1_after)
+
+
+LOSS_KEYS = ("G_GAN", "G_GAN_Feat", "G_VGG", "D_real", "D_fake")
+
+
+def test_fast_ops_train_like_plain_pytorch(data, tmp_path):
+    """3 iterations with our fused operators + channels-last vs. the pure-PyTorch reference ops in NCHW, from the
+    same initial weights: same losses at every iteration and the same weights after it (fp32)."""
+    fast = Trainer(parse_train(tiny_args(data, tmp_path, "fast", "--max_iters", "3", *FEAT)))
+    ref = Trainer(
+        parse_train(
+            tiny_args(data, tmp_path, "ref", "--max_iters", "3", "--ops", "reference", "--no_channels_last", *FEAT)
+        )
+    )
+    assert_same_nets(snapshot(fast), snapshot(ref))
+    hist_fast, hist_ref = fast.train()["history"], ref.train()["history"]
+    assert len(hist_fast) == len(hist_ref) == 3
+    for a, b in zip(hist_fast, hist_ref, strict=True):
+        for k in LOSS_KEYS:
+            assert a[k] == pytest.approx(b[k], rel=1e-3, abs=1e-5), (a["iterations"], k)
+    after_fast, after_ref = snapshot(fast), snapshot(ref)
+    for k in NETS:  # weights only: see the DDP test about biases in front of a norm
+        for n, v in after_ref[k].items():
+            if n.endswith("weight"):
+                torch.testing.assert_close(after_fast[k][n], v, atol=2e-5, rtol=0, msg=f"{k}.{n}")
+
+
+_OPTION_SETS = {
+    "no_instance": ("--no_instance",),
+    "label_feat": ("--label_feat", "--nef", "8", "--n_downsample_E", "2"),
+    "hinge_no_feat_loss": ("--gan_mode", "hinge", "--no_ganFeat_loss"),
+    "vanilla_gan": ("--no_lsgan",),
+    "batch_norm": ("--norm", "batch"),
+    "two_scales_batch_2": ("--num_D", "2", "--batchSize", "2"),
+    "local_enhancer": ("--netG", "local", "--n_blocks_local", "1"),
+    "one_loader_worker": ("--nThreads", "1"),
+    "bf16_features_pool_tensorboard": ("--amp", "bf16", "--pool_size", "3", "--tf_log", *FEAT),
+}
+
+
+@pytest.mark.parametrize("name", list(_OPTION_SETS))
+def test_reference_options_train_on_cpu(data, tmp_path, name):
+    extra = ("--max_iters", "2", "--max_dataset_size", "2", *_OPTION_SETS[name])  # 2 images: epoch ends -> page
+    t = Trainer(parse_train(tiny_args(data, tmp_path, name, *extra, html=True)))
+    summary = t.train()
+    assert summary["iterations"] == 2
+    assert all(math.isfinite(v) for v in summary["last_losses"].values())
+    folder = tmp_path / name
+    nets = load_nets(folder)
+    assert_same_nets(nets, snapshot(t))
+    first_conv = next(v for k, v in nets["G"].items() if v.dim() == 4)
+    if name == "no_instance":
+        assert first_conv.shape[1] == 35  # one-hot labels only, no boundary channel
+    elif name in ("label_feat", "bf16_features_pool_tensorboard"):
+        assert "E" in nets and first_conv.shape[1] == 35 + 1 + 3
+    else:
+        assert "E" not in nets and first_conv.shape[1] == 36
+    if name == "hinge_no_feat_loss":
+        assert summary["last_losses"]["G_GAN_Feat"] == 0 and not any(k.startswith("scale") for k in nets["D"])
+    if name == "two_scales_batch_2":
+        assert any(k.startswith("scale1_") for k in nets["D"]) and summary["epochs_done"] == 2
+    if name == "local_enhancer":
+        assert any(k.startswith("model1_1.") for k in nets["G"])
+    if name == "bf16_features_pool_tensorboard":
+        assert len(t.model.fake_pool.images) == 2 and os.listdir(folder / "logs")
+    assert (folder / "web" / "index.html").is_file()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -335,7 +409,7 @@ def test_resume_is_exact_mid_epoch_and_at_epoch_end(data, tmp_path, seed):
     assert all(torch.equal(a, b) for a, b in zip(state["fake_pool"], ref_state["fake_pool"], strict=True))
 
 
-def test_kill_during_checkpoint_write_keeps_a_consistent_checkpoint(data, tmp_path):
+def test_kill_during_checkpoint_write_keeps_a_consistent_checkpoint(data, tmp_path, capsys):
     """A real SIGKILL while the training state of iteration 4 is half written (the per-network files of that save
     were already replaced): every 'latest' file still loads, no temporary file carries a 'latest' name, and
     --continue_train resumes from iteration 2 and ends exactly as an uninterrupted run."""
@@ -346,7 +420,7 @@ def test_kill_during_checkpoint_write_keeps_a_consistent_checkpoint(data, tmp_pa
         capture_output=True,
         text=True,
         timeout=300,
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        env=subprocess_env(),
     )
     assert proc.returncode == -9, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "killing the trainer while it saves the state of iteration 4" in proc.stdout
@@ -368,7 +442,9 @@ def test_kill_during_checkpoint_write_keeps_a_consistent_checkpoint(data, tmp_pa
     # ...but they already hold iteration 4: only the state's own snapshot is consistent with its counters
     assert any(not torch.equal(nets["G"][n], state["nets"]["G"][n]) for n in nets["G"])
 
+    capsys.readouterr()
     resumed = Trainer(parse_train(args + ["--continue_train"]))
+    assert "latest_net_G.pth differs from the training state" in capsys.readouterr().out  # the user is told
     p = resumed.progress
     assert (p.epoch, p.epoch_iter, p.iterations, p.total_steps) == (1, 2, 2, 2)
     assert_same_nets(snapshot(resumed), state["nets"])
@@ -435,7 +511,7 @@ def test_ddp_two_gloo_processes_keep_identical_weights(data, tmp_path):
         capture_output=True,
         text=True,
         timeout=300,
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        env=subprocess_env(),
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
@@ -648,7 +724,7 @@ def test_demo_trains_and_tests_the_same_architecture(tmp_path, monkeypatch):
 # Bad input
 
 
-def test_bad_input_gets_clear_errors(data, tmp_path):
+def test_bad_input_gets_clear_errors(data, tmp_path, capsys):
     with pytest.raises(ValueError, match="dataroot .*no_such_folder"):
         Trainer(parse_train(tiny_args(str(tmp_path / "no_such_folder"), tmp_path, "x")))
     with pytest.raises(ValueError, match="fp16 needs a GPU"):
@@ -666,9 +742,11 @@ def test_bad_input_gets_clear_errors(data, tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             Trainer(parse_train(tiny_args(data, tmp_path, "x", "--device", "cuda")))
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        cli.main(["test", "--name", "never_trained", "--dataroot", data, "--checkpoints_dir", str(tmp_path),
-                  "--device", "cpu"])  # fmt: skip
+    # The CLI prints the error (no traceback) and exits with status 2.
+    rc = cli.main(["test", "--name", "never_trained", "--dataroot", data, "--checkpoints_dir", str(tmp_path),
+                   "--device", "cpu"])  # fmt: skip
+    assert rc == 2
+    assert "no checkpoint" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         cli.main(["make-synthetic", "--out", str(tmp_path / "s"), "--size", "big"])
     assert e.value.code == 2

@@ -579,6 +579,11 @@ def make_dataloader(
     return DataLoader(
         dataset,
         batch_size=batch_size,
+        # Every new iterator (each epoch, and a resume's mid-epoch one) draws its workers' base seed from this
+        # generator, by default torch's global RNG. A private one keeps the global stream (image pool, dropout)
+        # advancing with training steps only, so a restored RNG state continues exactly as an uninterrupted run.
+        # Crops and flips do not depend on it: they come from the sampler's per-item seeds.
+        generator=torch.Generator().manual_seed(seed),
         sampler=sampler,
         num_workers=num_workers,
         collate_fn=collate,

@@ -185,11 +185,6 @@ class Trainer:
             seed=opt.seed,
             drop_last=self.dist.enabled,
         )
-        # Every new loader iterator (each epoch, and a resume's mid-epoch one) draws its workers' base seed from
-        # ``loader.generator``, by default torch's global RNG. A private generator keeps the global stream (image
-        # pool, dropout) advancing with training steps only, so restoring it on resume continues exactly as an
-        # uninterrupted run. Crops and flips do not depend on it: they come from the sampler's per-item seeds.
-        self.loader.generator = torch.Generator().manual_seed(opt.seed)
         self.model = Pix2PixHDModel(opt, is_train=True).to(self.device)
         self.model.check_inputs = False  # the dataset checks labels on load; no host sync per iteration
         if self.channels_last:
@@ -281,7 +276,7 @@ class Trainer:
         """DDP and torch.compile wrappers around the networks (the model keeps the raw modules in ``raw``)."""
         self.raw = {k: self._net(k) for k in _NETS if self._net(k) is not None}
         for k, m in self.raw.items():
-            if False:
+            if self.dist.enabled:
                 ids = [self.device.index] if self.device.type == "cuda" else None
                 m = nn.parallel.DistributedDataParallel(m, device_ids=ids, broadcast_buffers=False)
             if self.opt.compile:
