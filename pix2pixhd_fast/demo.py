@@ -37,6 +37,22 @@ def demo_train_args(data: str, ckpt: str, seed: int, quick: bool, device: str | 
     return args
 
 
+def _write_preview(page: str, path: str, rows: int = 4) -> str:
+    """A PNG of the test page's first rows (label | synthesized | real), for README and quick looks."""
+    import numpy as np
+    from PIL import Image
+
+    img_dir = os.path.join(os.path.dirname(page), "images")
+    stems = sorted({f.rsplit("_input_label", 1)[0] for f in os.listdir(img_dir) if "_input_label" in f})[:rows]
+    kinds = ("input_label", "synthesized_image", "real_image")
+    grid = [
+        np.concatenate([np.asarray(Image.open(os.path.join(img_dir, f"{s}_{k}.png")).convert("RGB")) for k in kinds], 1)
+        for s in stems
+    ]
+    Image.fromarray(np.concatenate(grid, 0)).save(path)
+    return path
+
+
 def run_demo(out: str = "demo_out", quick: bool = False, seed: int = 0, device: str | None = None) -> dict:
     """Run the demo into ``out``; returns (and writes to ``out/demo_summary.json``) its summary."""
     from .data import make_synthetic_dataset
@@ -70,6 +86,7 @@ def run_demo(out: str = "demo_out", quick: bool = False, seed: int = 0, device: 
     encoded = run_test(parse_test(common + ["--use_encoded_image"]))
     t_test = time.perf_counter() - t2
     psnr = encoded["psnr_mean"]
+    preview = _write_preview(encoded["page"], os.path.join(out, "demo_preview.png"))
     result = {
         "ok": psnr is not None and psnr == psnr,
         "quick": quick,
@@ -81,6 +98,7 @@ def run_demo(out: str = "demo_out", quick: bool = False, seed: int = 0, device: 
         "test_psnr_db": {"encoded_real_image_features": psnr},
         "training_page": os.path.join(ckpt, "demo", "web", "index.html"),
         "test_page": encoded["page"],
+        "preview": preview,
     }
     with open(os.path.join(out, "demo_summary.json"), "w") as f:
         json.dump(result, f, indent=1)
