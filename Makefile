@@ -4,7 +4,7 @@
 #   make test      install, lint, the C++ (LibTorch/ctest) build and test, and the Python test suite
 #   make demo      install, then the demo job: synthetic data, a short training, test images + PSNR (demo_out/)
 #   make bench     operator benchmarks (ratios vs baselines, measured in one run)
-#   make bench-train  end-to-end training-step benchmark + G/D rows + profile (CPU, ~5-10 min on 2 cores)
+#   make bench-train  end-to-end training-step benchmark, G/D fwd/bwd rows, profile (CPU, ~2 min on 2 cores)
 #
 # CUDA kernels are compiled whenever nvcc and a CUDA build of torch exist (no GPU needed).
 # TORCH_CUDA_ARCH_LIST picks the GPU archs (default here: Ampere + Hopper with PTX, to keep CI short;

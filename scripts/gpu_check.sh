@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
 # One prepared check for a GPU machine (H100/H200, python3 with torch + CUDA, pytest, pytest-benchmark):
 # build the extension for this card, CUDA tests, compute-sanitizer memcheck + racecheck, operator
-# benchmarks, then the full test suite with the time that is left.
+# benchmarks, the end-to-end training benchmark, then the full test suite with the time that is left.
 #
 #   OUT=/path/to/results bash scripts/gpu_check.sh        # from anywhere; runs in the repo root
 #
 # Every step is logged under $OUT (default ./gpu_out) and guarded by `timeout`; a failing step does not
 # stop the next. The whole script keeps within P2PHD_GPU_BUDGET seconds (default 420). Files written
-# (at most 7, all directly under $OUT):
+# (at most 10, all directly under $OUT):
 #   build.log      machine (nvidia-smi, versions), the build, build_info()
 #   tests.log      pytest -m cuda, then the full suite
 #   sanitizer.log  compute-sanitizer memcheck and racecheck of scripts/sanitizer_ops.py
-#   bench.log      benchmarks/run_ops.py output;  gpu_ops.json, gpu_ops.md  its tables
+#   bench.log      benchmarks/run_ops.py output;  gpu_ops.json, gpu_ops.md  its tables;
+#                  then benchmarks/run_train.py's;  gpu_train.json, gpu_train.md  its tables (training step of
+#                  global 1024x512, LocalEnhancer 2048x1024, global + features: images/s, peak memory; G/D
+#                  rows; profile). P2PHD_GPU_TRAIN_COMPILE=1 adds torch.compile of the global problem (its
+#                  compile time counts against the step's 150 s).
+#   gpu_call_overhead.json  benchmarks/call_overhead.py (host cost per norm fwd+bwd call)
 #   summary.txt    one line per step (ok / FAIL / TIMEOUT / SKIPPED, seconds); also printed last
-# P2PHD_GPU_SKIP="sanitizer bench ..." skips steps by group (machine build tests sanitizer bench full), e.g.
+# P2PHD_GPU_SKIP="sanitizer bench ..." skips steps by group (machine build tests sanitizer bench train full), e.g.
 # to rerun only the failing part on a warm machine (whose ignored build outputs are kept).
 # Exit status: 0 when every step passed, 1 otherwise.
 set -u
@@ -171,6 +176,26 @@ else
   skip benchmarks "no CUDA library"
 fi
 
+# 6a. Host cost per call of the norm's autograd (C++ kernel vs a Python autograd.Function over the same kernels)
+if want bench && ((LIB_OK)); then
+  step call_overhead "$OUT/bench.log" 60 "$PY" benchmarks/call_overhead.py --device cuda --reps 30 \
+    --json "$OUT/gpu_call_overhead.json"
+fi
+
+# 6b. End-to-end training benchmark: (a) fp32 NCHW reference ops, (b) bf16 AMP + channels-last reference ops,
+# (c) the same with our ops (+ (d) torch.compile when asked). --budget-s: start no new part after 110 s, so
+# the step ends inside its 150 s; the results files are rewritten after every part.
+if ! want train; then
+  :
+elif ((LIB_OK)); then
+  TRAIN_ARGS=(--device cuda --sizes gpu --profile --budget-s 110)
+  [[ ${P2PHD_GPU_TRAIN_COMPILE:-0} == 1 ]] && TRAIN_ARGS+=(--compile --compile-problems global)
+  step train_bench "$OUT/bench.log" 150 "$PY" benchmarks/run_train.py "${TRAIN_ARGS[@]}" \
+    --json "$OUT/gpu_train.json" --markdown "$OUT/gpu_train.md"
+else
+  skip train_bench "no CUDA library"
+fi
+
 # 7. Full suite (CPU + CUDA) with the time that is left
 if ! want full; then
   :
@@ -183,6 +208,7 @@ fi
 # ---------------------------------------------------------------------------------------------------
 echo
 [[ -s $OUT/gpu_ops.md ]] && cat "$OUT/gpu_ops.md" && echo
+[[ -s $OUT/gpu_train.md ]] && cat "$OUT/gpu_train.md" && echo
 for log in tests sanitizer; do # the failures, where the reply shows them
   grep -E "^(FAILED|ERROR) |[0-9]+ (passed|failed)|crashed|Fatal Python|ERROR SUMMARY|RACECHECK SUMMARY|mismatches" \
     "$OUT/$log.log" | tail -25

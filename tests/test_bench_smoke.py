@@ -1,4 +1,5 @@
-"""Smoke test of benchmarks/run_ops.py at tiny sizes on the CPU: it runs and reports every op.
+"""Smoke tests of benchmarks/run_ops.py and benchmarks/run_train.py at tiny sizes on the CPU: they run and
+report every op / every configuration.
 
 No timing assertions (benchmarks are not tests): only that each op has a row with positive times and
 ratios, whether the compiled library is loaded or the ops fall back to the reference.
@@ -110,7 +111,8 @@ def test_run_train_tiny_cpu(tmp_path, capsys):
         for r in rows.values():
             assert r["median_s"] > 0 and r["steps"] == 1 and r["params"] > 0, (p["problem"], r["key"])
             assert abs(r["images_per_s"] * r["median_s"] - p["batch"]) < 1e-9
-            assert abs(r["vs_a"] - rows["a"]["median_s"] / r["median_s"]) < 1e-9
+            assert abs(r["vs_a_of_medians"] - rows["a"]["median_s"] / r["median_s"]) < 1e-9
+            assert abs(r["vs_a"] - r["vs_a_of_medians"]) < 1e-9  # one round: the paired ratio is the same
             assert r["peak_bytes"] is None  # not measured on the CPU
         assert rows["a"]["vs_a"] == 1.0 and rows["b"]["vs_b"] == 1.0
         # Same seed, same architecture: every configuration holds the same parameter count.
@@ -173,4 +175,9 @@ def test_run_train_bad_arguments():
         else:
             raise AssertionError(f"{argv} was accepted")
     args = run_train.parse_args(["--compile", "--configs", "a,c"])
-    assert args.config_keys == ["a", "c", "d"] and args.sizes == "cpu" and args.iters == 3
+    assert args.config_keys == ["a", "c", "d"] and args.sizes == "cpu" and args.iters == 7
+
+
+def test_run_train_paired_ratio():
+    # Pairs 2/1, 4/1, 30/30: the median pair is 2, where the ratio of the medians (4 / 1) would be 4.
+    assert _load_run_train()._paired_ratio([2.0, 4.0, 30.0], [1.0, 1.0, 30.0]) == 2.0
