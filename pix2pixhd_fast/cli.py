@@ -92,12 +92,13 @@ def _cmd_train(argv: list[str]) -> int:
 
 
 def _cmd_test(argv: list[str]) -> int:
+    from .export.tensorrt import EngineBuildError, TensorRTUnavailableError
     from .infer import run_test
     from .options import parse_test
 
     try:
         summary = run_test(parse_test(argv))
-    except (ValueError, FileNotFoundError, ImportError) as e:
+    except (ValueError, FileNotFoundError, ImportError, TensorRTUnavailableError, EngineBuildError) as e:
         print(f"pix2pixhd-fast test: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps({k: v for k, v in summary.items() if k != "psnr_per_image"}, indent=1))
@@ -127,8 +128,258 @@ def _parse_size(s: str) -> tuple[int, int]:
     return w, h
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Deployment: export and bench-infer (network options as in `test`, from options.test_parser)
+
+
+def _sizes_arg(text: str) -> list[tuple[int, int]]:
+    from .export.tensorrt import parse_sizes
+
+    try:
+        return parse_sizes(text)
+    except (ValueError, TypeError) as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _export_parser() -> argparse.ArgumentParser:
+    from .export import DEFAULT_OPSET, PRECISIONS
+    from .options import test_parser
+
+    p = test_parser()
+    p.prog = "pix2pixhd-fast export"
+    p.description = (
+        "Export a trained generator (<checkpoints_dir>/<name>/<which_epoch>_net_G.pth; network options as in "
+        "`test`) as ONNX or as a TensorRT engine."
+    )
+    g = p.add_argument_group("export")
+    g.add_argument("--format", required=True, choices=["onnx", "tensorrt"], help="what to write")
+    g.add_argument("--out", required=True, help="output file (.onnx or .engine); its folder must exist")
+    g.add_argument(
+        "--precision",
+        default=None,
+        choices=list(PRECISIONS),
+        help="convolution precision (instance norm stays fp32); default fp32 for onnx, fp16 for tensorrt",
+    )
+    g.add_argument(
+        "--sizes",
+        type=_sizes_arg,
+        default=None,
+        help="HEIGHTxWIDTH sizes, comma-separated (e.g. 512x1024,1024x2048): the TensorRT profiles (required for "
+        "tensorrt); for onnx the first is the traced example size",
+    )
+    g.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (bf16 is raised to 22)")
+    g.add_argument(
+        "--id_dtype",
+        default=None,
+        choices=["int64", "int32"],
+        help="dtype of the label/inst inputs; default int64 for onnx, int32 for tensorrt (the data pipeline's "
+        "instance-id dtype, supported by every TensorRT layer)",
+    )
+    g.add_argument("--static", action="store_true", help="onnx: fixed shapes (the first --sizes, batch --max_batch)")
+    g.add_argument("--max_batch", type=int, default=1, help="tensorrt: largest batch of the profiles")
+    g.add_argument(
+        "--dynamic_profile", action="store_true", help="tensorrt: one profile spanning all --sizes (else one each)"
+    )
+    g.add_argument("--workspace_gb", type=float, default=4.0, help="tensorrt: builder workspace limit (GiB)")
+    g.add_argument("--timing_cache", default=None, help="tensorrt: timing cache file, loaded if present and saved")
+    g.add_argument("--onnx_path", default=None, help="tensorrt: where the intermediate fp32 ONNX goes (<out>.onnx)")
+    return p
+
+
+def _load_generator_cpu(opt: argparse.Namespace):
+    """The model of the options with its trained generator, fp32 NCHW on the CPU (what exporters trace)."""
+    import torch
+
+    from .infer import load_model
+
+    opt.no_channels_last = True
+    opt.channels_last = False
+    opt.use_encoded_image = False  # the exported graph takes features as an input; E is not needed
+    return load_model(opt, torch.device("cpu"))
+
+
+def _export(opt: argparse.Namespace) -> dict:
+    import os
+
+    import torch
+
+    from .export import check_onnx_graph_ops, export_onnx, mixed_precision_onnx
+    from .export.tensorrt import _require_cuda, build_engine, import_tensorrt
+
+    precision = opt.precision or ("fp32" if opt.format == "onnx" else "fp16")
+    id_name = opt.id_dtype or ("int64" if opt.format == "onnx" else "int32")
+    id_dtype = torch.int64 if id_name == "int64" else torch.int32
+    out = os.path.abspath(opt.out)
+    if opt.format == "tensorrt":
+        if not opt.sizes:
+            raise ValueError("--format tensorrt needs --sizes (e.g. --sizes 512x1024,1024x2048)")
+        import_tensorrt()  # fail before doing any work when TensorRT or the GPU is missing
+        _require_cuda("building a TensorRT engine")
+    if opt.static and not opt.sizes:
+        raise ValueError("--static needs --sizes (the fixed size)")
+    model = _load_generator_cpu(opt)
+    example = opt.sizes[0] if opt.sizes else None
+    kwargs = dict(opset=opt.opset, id_dtype=id_dtype, example_size=example, dynamic=not opt.static)
+    if opt.static:
+        kwargs["batch_size"] = opt.max_batch
+    summary = {"format": opt.format, "precision": precision, "out": out}
+    if opt.format == "onnx":
+        if precision == "fp32":
+            export_onnx(model, out, **kwargs)
+        else:
+            import onnx
+
+            tmp = out + ".fp32.tmp.onnx"
+            try:
+                export_onnx(model, tmp, **kwargs)
+                mixed = mixed_precision_onnx(tmp, precision)
+                onnx.save(mixed, tmp)
+                os.replace(tmp, out)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+        summary["operators"] = sorted(check_onnx_graph_ops(out))
+        return summary
+    onnx_path = os.path.abspath(opt.onnx_path) if opt.onnx_path else os.path.splitext(out)[0] + ".onnx"
+    if onnx_path == out:
+        raise ValueError("--onnx_path must differ from --out")
+    export_onnx(model, onnx_path, **kwargs)
+    info = build_engine(
+        onnx_path,
+        out,
+        precision=precision,
+        sizes=opt.sizes,
+        max_batch=opt.max_batch,
+        dynamic=opt.dynamic_profile,
+        workspace_gb=opt.workspace_gb,
+        timing_cache=opt.timing_cache,
+    )
+    summary.update(onnx=onnx_path, sidecar=out + ".json", inputs=info["inputs"], profiles=info["profiles"])
+    summary["tensorrt_version"] = info["tensorrt_version"]
+    return summary
+
+
+def _cmd_export(argv: list[str]) -> int:
+    from .export import ONNXVerificationError
+    from .export.tensorrt import EngineBuildError, TensorRTUnavailableError
+    from .options import finalize
+
+    opt = _export_parser().parse_args(argv)
+    try:
+        summary = _export(finalize(opt))
+    except (
+        ValueError,
+        TypeError,
+        OSError,
+        ImportError,
+        TensorRTUnavailableError,
+        EngineBuildError,
+        ONNXVerificationError,
+    ) as e:
+        print(f"pix2pixhd-fast export: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def _bench_parser() -> argparse.ArgumentParser:
+    from .export import COMPILE_MODES
+    from .infer import BACKENDS
+    from .options import test_parser
+
+    p = test_parser()
+    p.prog = "pix2pixhd-fast bench-infer"
+    p.description = (
+        "Time the generator through the inference backends side by side on random inputs (network options as in "
+        "`test`; random weights unless --from_checkpoint). Backends that cannot run here are listed as skipped."
+    )
+    g = p.add_argument_group("bench-infer")
+    g.add_argument("--backends", default=",".join(BACKENDS), help=f"comma-separated, from {', '.join(BACKENDS)}")
+    g.add_argument("--sizes", type=_sizes_arg, default=[(256, 512)], help="HEIGHTxWIDTH sizes, comma-separated")
+    g.add_argument("--batch", type=int, default=1, help="batch size")
+    g.add_argument("--warmup", type=int, default=3, help="untimed calls first (compilation, engine build, tuning)")
+    g.add_argument("--iters", type=int, default=10, help="timed calls (the median is reported)")
+    g.add_argument("--compile_mode", default="default", choices=list(COMPILE_MODES), help="torch.compile mode")
+    g.add_argument("--from_checkpoint", action="store_true", help="load <checkpoints_dir>/<name>/<which_epoch>_net_G")
+    g.add_argument("--json", default=None, help="write the report as JSON here")
+    g.add_argument("--markdown", default=None, help="write the report as a markdown table here")
+    return p
+
+
+def _bench_infer(opt: argparse.Namespace) -> dict:
+    import copy
+    import os
+    import tempfile
+
+    import torch
+
+    from .infer import BACKENDS, benchmark_backends, benchmark_markdown, load_model
+    from .models.pix2pixhd import Pix2PixHDModel
+    from .train.trainer import resolve_amp, resolve_device
+
+    backends = [b.strip() for b in opt.backends.split(",") if b.strip()]
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown or not backends:
+        raise ValueError(f"--backends: unknown {unknown or 'empty list'}; choose from {', '.join(BACKENDS)}")
+    for path in (opt.json, opt.markdown):
+        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise FileNotFoundError(f"the folder of {path!r} does not exist")
+    if opt.num_threads > 0:
+        torch.set_num_threads(opt.num_threads)
+    device = resolve_device(opt)
+    amp = resolve_amp(opt.amp, device)
+    with tempfile.TemporaryDirectory(prefix="p2phd_bench_") as tmp:
+        if opt.from_checkpoint:
+            model = load_model(opt, device)
+            run_opt = opt
+        else:
+            torch.manual_seed(opt.seed)
+            model = Pix2PixHDModel(opt, is_train=False).eval().to(device)
+            if not opt.no_channels_last:
+                model.to(memory_format=torch.channels_last)
+            # Exports of random weights go to a scratch folder, never next to someone's checkpoints.
+            run_opt = copy.copy(opt)
+            run_opt.checkpoints_dir, run_opt.name, run_opt.which_epoch = tmp, "bench", "random"
+            os.makedirs(os.path.join(tmp, "bench"))
+        report = benchmark_backends(
+            model,
+            run_opt,
+            device,
+            amp,
+            backends=backends,
+            sizes=opt.sizes,
+            batch=opt.batch,
+            warmup=opt.warmup,
+            iters=opt.iters,
+            seed=opt.seed,
+            compile_mode=opt.compile_mode,
+        )
+    text = benchmark_markdown(report)
+    if opt.json:
+        with open(opt.json, "w") as f:
+            json.dump(report, f, indent=1)
+    if opt.markdown:
+        with open(opt.markdown, "w") as f:
+            f.write(text)
+    print(text, end="")
+    return report
+
+
+def _cmd_bench_infer(argv: list[str]) -> int:
+    from .export.tensorrt import EngineBuildError, TensorRTUnavailableError
+    from .options import finalize
+
+    opt = _bench_parser().parse_args(argv)
+    try:
+        _bench_infer(finalize(opt))
+    except (ValueError, TypeError, OSError, ImportError, TensorRTUnavailableError, EngineBuildError) as e:
+        print(f"pix2pixhd-fast bench-infer: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 # Commands that take the reference's full option set are parsed by their own parsers (see options.py).
-_PASSTHROUGH = {"train": _cmd_train, "test": _cmd_test}
+_PASSTHROUGH = {"train": _cmd_train, "test": _cmd_test, "export": _cmd_export, "bench-infer": _cmd_bench_infer}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,6 +390,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("train", help="train pix2pixHD (reference train.py options; see train --help)", add_help=False)
     sub.add_parser("test", help="generate images with a trained model (reference test.py options)", add_help=False)
+    sub.add_parser(
+        "export", help="write a trained generator as ONNX or a TensorRT engine (see export --help)", add_help=False
+    )
+    sub.add_parser(
+        "bench-infer", help="time the inference backends side by side (see bench-infer --help)", add_help=False
+    )
     p = sub.add_parser("demo", help="synthetic data -> short training -> test images, HTML page and PSNR")
     p.add_argument("--out", default="demo_out", help="folder for the data, checkpoints and results")
     p.add_argument("--quick", action="store_true", help="a much shorter run (smoke test)")

@@ -37,18 +37,23 @@ def demo_train_args(data: str, ckpt: str, seed: int, quick: bool, device: str | 
     return args
 
 
-def _write_preview(page: str, path: str, rows: int = 4) -> str:
-    """A PNG of the test page's first rows (label | synthesized | real), for README and quick looks."""
+def _write_preview(page: str, path: str, rows: int = 4) -> str | None:
+    """A PNG of the test page's first rows (label | synthesized | real), for README and quick looks (None when the
+    page has no images folder)."""
     import numpy as np
     from PIL import Image
 
     img_dir = os.path.join(os.path.dirname(page), "images")
+    if not os.path.isdir(img_dir):
+        return None
     stems = sorted({f.rsplit("_input_label", 1)[0] for f in os.listdir(img_dir) if "_input_label" in f})[:rows]
     kinds = ("input_label", "synthesized_image", "real_image")
     grid = [
         np.concatenate([np.asarray(Image.open(os.path.join(img_dir, f"{s}_{k}.png")).convert("RGB")) for k in kinds], 1)
         for s in stems
     ]
+    if not grid:
+        return None
     Image.fromarray(np.concatenate(grid, 0)).save(path)
     return path
 

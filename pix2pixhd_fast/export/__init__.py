@@ -5,8 +5,12 @@
   onnxruntime; :func:`check_onnx_graph_ops` lists its operators and rejects custom domains.
 - :class:`OnnxRuntimeGenerator`: runs an exported file on numpy arrays or torch CPU tensors.
 - :func:`portable_ops`: run a module with standard PyTorch operators only (what the exporters see).
+- :func:`compile_generator`: the graph through ``torch.compile`` (inductor; CUDA graphs on the GPU).
+- :func:`build_engine` / :class:`TensorRTGenerator`: a TensorRT engine from the ONNX file (fp32/fp16/bf16 with
+  instance norm in fp32) and its runtime on torch CUDA tensors; ``tensorrt`` is imported only when used.
 """
 
+from .compiled import COMPILE_MODES, CompiledGenerator, compile_generator
 from .graph import (
     InferenceGraph,
     generator_input_channels,
@@ -25,9 +29,36 @@ from .onnx import (
     verify_onnx,
 )
 from .runtime import OnnxRuntimeGenerator
+from .tensorrt import (
+    PRECISIONS,
+    EngineBuildError,
+    ShapeProfile,
+    TensorRTGenerator,
+    TensorRTUnavailableError,
+    build_engine,
+    mixed_precision_onnx,
+    parse_sizes,
+    profiles_for_sizes,
+    read_sidecar,
+    tensorrt_status,
+)
 
 __all__ = [
+    "COMPILE_MODES",
+    "CompiledGenerator",
     "DEFAULT_OPSET",
+    "EngineBuildError",
+    "PRECISIONS",
+    "ShapeProfile",
+    "TensorRTGenerator",
+    "TensorRTUnavailableError",
+    "build_engine",
+    "compile_generator",
+    "mixed_precision_onnx",
+    "parse_sizes",
+    "profiles_for_sizes",
+    "read_sidecar",
+    "tensorrt_status",
     "InferenceGraph",
     "ONNXVerificationError",
     "OnnxRuntimeGenerator",
