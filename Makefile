@@ -3,8 +3,11 @@
 #   make install   .venv with torch + dependencies, then the C++/CUDA extension (editable install)
 #   make test      install, lint, the C++ (LibTorch/ctest) build and test, and the Python test suite
 #   make demo      install, then the demo job: synthetic data, a short training, test images + PSNR (demo_out/)
-#   make bench     operator benchmarks (ratios vs baselines, measured in one run)
+#   make bench     every benchmark here (pytest-benchmark, operators, training step, scaling; 5-11 min on 2 cores),
+#                  results in benchmarks/results/cpu-<n>core*.json, then benchmarks/REPORT.md + plots + README section
 #   make bench-train  end-to-end training-step benchmark, G/D fwd/bwd rows, profile (CPU, ~2 min on 2 cores)
+#   make bench-infer  generator inference latency per backend (CPU, ~1 min)
+#   make bench-report regenerate REPORT.md, plots and README's performance section from the results files only
 #
 # CUDA kernels are compiled whenever nvcc and a CUDA build of torch exist (no GPU needed).
 # TORCH_CUDA_ARCH_LIST picks the GPU archs (default here: Ampere + Hopper with PTX, to keep CI short;
@@ -21,10 +24,10 @@ CUDA_HOME ?= /usr/local/cuda
 export TORCH_CUDA_ARCH_LIST CUDA_HOME
 
 DEPS := numpy pybind11 ninja pytest pytest-benchmark pillow tqdm scikit-learn tensorboard onnx onnxruntime \
-        ruff expecttest
+        ruff expecttest matplotlib
 SOURCES := setup.py pyproject.toml $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' 2>/dev/null)
 
-.PHONY: all venv install test pytest lint cpp-test demo bench bench-train clean
+.PHONY: all venv install test pytest lint cpp-test demo bench bench-train bench-infer bench-report clean
 
 all: install
 
@@ -66,12 +69,18 @@ demo: install
 	$(PY) -m pix2pixhd_fast.cli demo --out demo_out
 
 bench: install
-	$(PY) benchmarks/run_ops.py --device cpu --json benchmarks/results/cpu-$$(nproc)core.json \
-	  --markdown benchmarks/results/cpu-$$(nproc)core.md
+	$(PY) benchmarks/run_all.py --device cpu --machine cpu-$$(nproc)core
 
 bench-train: install
 	$(PY) benchmarks/run_train.py --device cpu --profile --json benchmarks/results/cpu-$$(nproc)core-train.json \
 	  --markdown benchmarks/results/cpu-$$(nproc)core-train.md
+
+bench-infer: install
+	$(PY) benchmarks/run_infer.py --device cpu --json benchmarks/results/cpu-$$(nproc)core-infer.json \
+	  --markdown benchmarks/results/cpu-$$(nproc)core-infer.md
+
+bench-report: $(VENV)/.deps
+	$(PY) benchmarks/report.py
 
 clean:
 	rm -rf build pix2pixhd_fast/_C*.so *.egg-info $(VENV)/.built

@@ -31,6 +31,23 @@ SIZES: dict[str, dict[str, Any]] = {
     "tiny": {"norm": (1, 8, 16, 24), "pool": (1, 3, 24, 32), "ids": (1, 24, 32), "instances": 6},
 }
 
+
+def register_size(name: str, height: int, width: int, channels: int = 64, instances: int = 60) -> str:
+    """Add a size set ``name`` (norm 1xCxHxW, pool 1x3xHxW, ids 1xHxW) for the case builders; returns ``name``.
+
+    The scaling benchmark (run_scaling.py) builds the same cases at several resolutions this way.
+    """
+    if height < 1 or width < 1 or channels < 1 or instances < 1:
+        raise ValueError(f"register_size: sizes must be positive, got {height}x{width}, C={channels}, {instances=}")
+    SIZES[name] = {
+        "norm": (1, channels, height, width),
+        "pool": (1, 3, height, width),
+        "ids": (1, height, width),
+        "instances": instances,
+    }
+    return name
+
+
 _ELT = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2, torch.float64: 8, torch.int32: 4, torch.uint8: 1}
 _DT_NAME = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}
 
@@ -381,6 +398,82 @@ def _pool_kernel(p: str) -> Impl:
     if p == "fwd":
         return Impl("kernel", lambda s: s, lambda s: op(s["feat"], s["inst"]))
     return Impl("kernel", lambda s: s, lambda s: (op(s["feat"], s["inst"]), op(s["gy"], s["inst"])))
+
+
+def tiled_instances(n: int, h: int, w: int, k: int, seed: int = 0) -> torch.Tensor:
+    """Instance maps with exactly ``k`` distinct ids per image (for the instance-count scaling series).
+
+    The image is cut into a grid of at least ``k`` near-square cells; ``k`` random sparse ids (0 .. 2**24-1)
+    each take one cell, the remaining cells take ids drawn from the same ``k``, and the cells are shuffled, so
+    every id covers one or more cells wherever they fall. Deterministic from ``seed``.
+
+    Returns:
+        ``Tensor[N, 1, H, W]`` of int32 on the CPU.
+    """
+    if min(n, h, w, k) < 1:
+        raise ValueError(f"tiled_instances: need n, h, w, k >= 1, got {n=}, {h=}, {w=}, {k=}")
+    if k > h * w:
+        raise ValueError(f"tiled_instances: {k} instances do not fit in {h}x{w} pixels")
+    # Grid rows x cols >= k with cells about as tall as wide.
+    rows = max(1, min(h, round(math.sqrt(k * h / w))))
+    cols = min(w, math.ceil(k / rows))
+    while rows * cols < k:
+        rows = min(h, rows + 1)
+        cols = min(w, math.ceil(k / rows))
+    ys = np.arange(h) * rows // h  # cell row of each pixel row
+    xs = np.arange(w) * cols // w
+    out = np.empty((n, h, w), np.int32)
+    for b in range(n):
+        rng = np.random.default_rng([seed, b, k])
+        ids = rng.choice(1 << 24, size=k, replace=False).astype(np.int32)
+        cell_ids = np.concatenate([ids, rng.choice(ids, size=rows * cols - k)])
+        rng.shuffle(cell_ids)
+        out[b] = cell_ids.reshape(rows, cols)[ys[:, None], xs[None, :]]
+    return torch.from_numpy(out).unsqueeze(1)
+
+
+def pool_count_cases(device: str, sizes: str, counts, dtype=torch.float32, pass_: str = "fwd") -> list[Case]:
+    """instance_avg_pool at the fixed pool shape of ``sizes`` with exactly ``k`` instances for each ``k`` in
+    ``counts`` (:func:`tiled_instances`), against the reference loop and scatter_reduce; no targets."""
+    shape = SIZES[sizes]["pool"]
+    n, _c, h, w = shape
+    out = []
+    for k in counts:
+
+        def make(seed, k=k):
+            return {
+                "feat": _randn(shape, dtype, device, seed + 2),
+                "inst": tiled_instances(n, h, w, k, seed).to(device),
+                "gy": _randn(shape, dtype, device, seed + 3),
+            }
+
+        one = _numel(shape) * _ELT[dtype] * 2 + n * h * w * 4
+        out.append(
+            Case(
+                op="instance_avg_pool",
+                variant=f"{pass_} {_DT_NAME[dtype]} {k} instances",
+                device=device,
+                make_set=make,
+                fast=_impl("fast", lambda s: ops.instance_avg_pool(s["feat"], s["inst"]), pass_, "feat"),
+                baselines=[
+                    _impl(
+                        "loop", lambda s: reference.instance_avg_pool_loop(s["feat"], s["inst"]), pass_, "feat", True
+                    ),
+                    _impl(
+                        "scatter_reduce",
+                        lambda s: reference.instance_avg_pool_scatter(s["feat"], s["inst"]),
+                        pass_,
+                        "feat",
+                    ),
+                ],
+                kernel=_pool_kernel(pass_) if _lib() else None,
+                bytes_moved=one * (2 if pass_ == "fwd+bwd" else 1),
+                bytes_note="read feat + ids, write out" + (" (x2: bwd)" if pass_ == "fwd+bwd" else ""),
+                set_bytes=2 * _numel(shape) * _ELT[dtype] + n * h * w * 4,
+                info={"shape": list(shape), "dtype": str(dtype), "pass": pass_, "ids": "int32", "instances": k},
+            )
+        )
+    return out
 
 
 def boundary_cases(device: str, sizes: str) -> list[Case]:

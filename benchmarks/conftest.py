@@ -32,6 +32,29 @@ def pytest_report_header(config):
     ]
 
 
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """Record what benchmarks/report.py needs beside pytest-benchmark's own machine_info: the device, torch and
+    CUDA versions, the GPU, the thread count, the build and the load average (a shared machine skews CPU times)."""
+    import pix2pixhd_fast
+
+    info = {
+        "device": BENCH_DEVICE,
+        "sizes": BENCH_SIZES,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "build_info": pix2pixhd_fast.build_info(),
+    }
+    try:
+        info["loadavg_start"] = round(os.getloadavg()[0], 2)
+    except OSError:
+        info["loadavg_start"] = None
+    if BENCH_DEVICE == "cuda" and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    machine_info["pix2pixhd_fast"] = info
+
+
 @pytest.fixture(scope="session")
 def input_sets():
     """Input sets per case id, made once per session (fast and baselines see the same data)."""

@@ -33,6 +33,7 @@ for _p in (ROOT, HERE):  # run as a script from anywhere, without installing the
 
 import torch  # noqa: E402
 from cases import SIZES, Case, Impl, build_cases, count_instances  # noqa: E402
+from tables import floor_table, fmt_ratio, fmt_t, md_table, ratio_table, text_table  # noqa: E402
 
 import pix2pixhd_fast  # noqa: E402
 
@@ -282,80 +283,6 @@ def add_floor(row: dict, peak_gbps: float) -> None:
 
 # ----------------------------------------------------------------------------------------------------
 # Report
-
-
-def fmt_t(s: float | None) -> str:
-    if s is None:
-        return "-"
-    if s < 1e-3:
-        return f"{s * 1e6:.1f} us"
-    if s < 1.0:
-        return f"{s * 1e3:.2f} ms"
-    return f"{s:.2f} s"
-
-
-def fmt_ratio(r: float) -> str:
-    return f"{r:.0f}x" if r >= 100 else f"{r:.2f}x"
-
-
-def _met(v: bool | None) -> str:
-    return "-" if v is None else ("met" if v else "MISSED")
-
-
-def ratio_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
-    head = ["op", "variant", "fast", "baseline", "baseline time", "ratio", "target", "met"]
-    body = []
-    for r in rows:
-        for b in r["baselines"]:
-            tgt = "-" if b["target"] is None else f">= {b['target']:g}x"
-            body.append(
-                [
-                    r["op"],
-                    r["variant"],
-                    fmt_t(r["fast_s"]),
-                    b["name"],
-                    fmt_t(b["median_s"]),
-                    fmt_ratio(b["ratio"]),
-                    tgt,
-                    _met(b["met"]),
-                ]
-            )
-    return head, body
-
-
-def floor_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
-    head = ["op", "variant", "kernel", "bytes", "counted as", "GB/s", "% peak", "x floor", "floor target", "met"]
-    body = []
-    for r in rows:
-        pct = 100.0 / r["x_floor"] if r["x_floor"] else 0.0
-        tgt = "-" if r["floor_max"] is None else f"<= {r['floor_max']:g}x"
-        body.append(
-            [
-                r["op"],
-                r["variant"],
-                fmt_t(r["kernel_s"] if r["kernel_s"] is not None else r["fast_s"]),
-                f"{r['bytes'] / 1e6:.3g} MB",
-                r["bytes_note"],
-                f"{r['gbps']:.0f}" if r["gbps"] >= 10 else f"{r['gbps']:.2f}",
-                f"{pct:.0f}%",
-                f"{r['x_floor']:.2f}x",
-                tgt,
-                _met(r["floor_met"]),
-            ]
-        )
-    return head, body
-
-
-def text_table(head: list[str], body: list[list[str]]) -> str:
-    w = [max(len(str(x)) for x in col) for col in zip(head, *body, strict=False)]
-    line = lambda cells: "  ".join(str(c).ljust(n) for c, n in zip(cells, w, strict=False)).rstrip()  # noqa: E731
-    return "\n".join([line(head), line(["-" * n for n in w])] + [line(b) for b in body])
-
-
-def md_table(head: list[str], body: list[list[str]]) -> str:
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    out += ["| " + " | ".join(str(c) for c in b) + " |" for b in body]
-    return "\n".join(out)
 
 
 def machine_lines(res: dict) -> list[str]:

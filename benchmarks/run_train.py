@@ -58,7 +58,8 @@ for _p in (ROOT, HERE):  # run as a script from anywhere, without installing the
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from cases import LABEL_NC, cityscapes_like  # noqa: E402
-from run_ops import _loadavg, fmt_t, machine_info, md_table, text_table  # noqa: E402
+from run_ops import _loadavg, machine_info  # noqa: E402
+from tables import fmt_t, md_table, nets_table, profile_tables, text_table, train_table  # noqa: E402
 
 from pix2pixhd_fast.models import pix2pixhd as p2p_model  # noqa: E402
 from pix2pixhd_fast.models.pix2pixhd import Pix2PixHDModel  # noqa: E402
@@ -689,58 +690,6 @@ def profile_step(problem: Problem, args: argparse.Namespace, device: str, batche
 
 # ----------------------------------------------------------------------------------------------------
 # Report
-
-
-def _gib(b: int | None) -> str:
-    return "-" if b is None else f"{b / 2**30:.2f} GiB"
-
-
-def _x(v: float | None) -> str:
-    return "-" if v is None else f"{v:.2f}x"
-
-
-def train_table(p: dict) -> tuple[list[str], list[list[str]]]:
-    rows = p["rows"]
-    with_cpu = any(r.get("cpu_median_s") for r in rows)
-    with_mem = any(r["peak_bytes"] for r in rows)
-    head = ["config", "step", "images/s", "vs (a)", "vs (b)"]
-    head += ["CPU time"] if with_cpu else []
-    head += ["peak memory", "mem vs (a)"] if with_mem else []
-    head.append("targets")
-    body = []
-    for r in rows:
-        tg = []
-        for name, t in r["targets"].items():
-            sign = "<=" if name.startswith("mem") else ">="
-            state = "-" if t["met"] is None else ("met" if t["met"] else "MISSED")
-            tg.append(f"{name} {sign} {t['target']:g}x: {state}")
-        line = [f"({r['key']}) {r['config']}", fmt_t(r["median_s"]), f"{r['images_per_s']:.3g}"]
-        line += [_x(r["vs_a"]), _x(r["vs_b"])]
-        if with_cpu:
-            line.append(fmt_t(r.get("cpu_median_s")))
-        if with_mem:
-            line += [_gib(r["peak_bytes"]), _x(r["mem_vs_a"])]
-        line.append("; ".join(tg) if tg else "-")
-        body.append(line)
-    return head, body
-
-
-def nets_table(n: dict) -> tuple[list[str], list[list[str]]]:
-    head = ["pass", "precision", "reference ops", "fast ops", "ratio"]
-    body = [[r["pass"], r["precision"], fmt_t(r["reference_s"]), fmt_t(r["fast_s"]), _x(r["ratio"])] for r in n["rows"]]
-    return head, body
-
-
-def profile_tables(pr: dict) -> tuple[tuple[list[str], list[list[str]]], tuple[list[str], list[list[str]]]]:
-    g = (
-        ["group", "per step", "share"],
-        [[r["group"], fmt_t(r["self_s_per_step"]), f"{r['pct']:.1f}%"] for r in pr["groups"]],
-    )
-    t = (
-        ["op", "group", "per step", "share"],
-        [[r["op"][:70], r["group"], fmt_t(r["self_s_per_step"]), f"{r['pct']:.1f}%"] for r in pr["top_ops"]],
-    )
-    return g, t
 
 
 def header_lines(res: dict) -> list[str]:

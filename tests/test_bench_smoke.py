@@ -1,5 +1,5 @@
-"""Smoke tests of benchmarks/run_ops.py and benchmarks/run_train.py at tiny sizes on the CPU: they run and
-report every op / every configuration.
+"""Smoke tests of the benchmarks (run_ops.py, run_train.py, run_infer.py, run_scaling.py, report.py, run_all.py) at
+tiny sizes on the CPU: they run and report every op / every configuration.
 
 No timing assertions (benchmarks are not tests): only that each op has a row with positive times and
 ratios, whether the compiled library is loaded or the ops fall back to the reference.
@@ -181,3 +181,377 @@ def test_run_train_bad_arguments():
 def test_run_train_paired_ratio():
     # Pairs 2/1, 4/1, 30/30: the median pair is 2, where the ratio of the medians (4 / 1) would be 4.
     assert _load_run_train()._paired_ratio([2.0, 4.0, 30.0], [1.0, 1.0, 30.0]) == 2.0
+
+
+# ----------------------------------------------------------------------------------------------------
+# benchmarks/run_scaling.py, benchmarks/report.py, benchmarks/run_all.py (make bench / pix2pixhd-fast bench)
+
+
+def _load_bench(name: str):
+    """A benchmarks/ script as a module (registered, so that dataclasses can look it up while it executes)."""
+    key = f"p2phd_bench_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, os.path.join(ROOT, "benchmarks", f"{name}.py"))
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[key] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[key]
+
+
+def test_tiled_instances_exact_counts(seed):
+    cases = _load_bench("cases")
+    for n, h, w, k in ((2, 8, 8, 1), (2, 8, 8, 7), (1, 8, 8, 64), (1, 5, 3, 15), (3, 24, 32, 100), (1, 1, 9, 4)):
+        inst = cases.tiled_instances(n, h, w, k, seed)
+        assert inst.shape == (n, 1, h, w) and inst.dtype == torch.int32
+        for b in range(n):
+            assert torch.unique(inst[b]).numel() == k, (n, h, w, k, b)
+        assert torch.equal(inst, cases.tiled_instances(n, h, w, k, seed))  # deterministic from the seed
+    for bad in ((1, 4, 4, 17), (1, 4, 4, 0), (0, 4, 4, 1)):
+        try:
+            cases.tiled_instances(*bad)
+        except ValueError as e:
+            assert "tiled_instances" in str(e)
+        else:
+            raise AssertionError(f"{bad} was accepted")
+
+
+def _run_scaling_tiny(path) -> dict:
+    run_scaling = _load_bench("run_scaling")
+    threads = torch.get_num_threads()
+    try:
+        run_scaling.main(["--tiny", "--threads", "1", "--budget", "0.002", "--slow-reps", "1", "--json", str(path)])
+    finally:
+        torch.set_num_threads(threads)
+    return json.loads(path.read_text())
+
+
+def _copy_results(dst) -> list[str]:
+    """The repository's results JSON files, copied (the test never writes into the repository)."""
+    import glob
+    import shutil
+
+    names = []
+    for f in sorted(glob.glob(os.path.join(ROOT, "benchmarks", "results", "*.json"))):
+        shutil.copy(f, dst / os.path.basename(f))
+        names.append(os.path.basename(f))
+    return names
+
+
+def test_scaling_tiny_and_report(tmp_path, capsys):
+    results = tmp_path / "results"
+    results.mkdir()
+    res = _run_scaling_tiny(results / "tinybox-scaling.json")
+
+    # Scaling: every requested instance count with exactly that many ids, every op at every resolution.
+    assert res["kind"] == "scaling" and res["complete"] and not res["errors"] and not res["skipped"]
+    assert res["machine"]["threads"] == 1 and res["load"]["own_cores"] > 0
+    counts = [r["info"]["instances"] for r in res["instances"]]
+    assert counts == res["settings"]["counts"] == [1, 3, 10]
+    for r in res["instances"]:
+        assert r["instances_per_image"] == r["info"]["instances"]
+        assert r["fast_s"] > 0 and {b["name"] for b in r["baselines"]} == {"loop", "scatter_reduce"}
+    sizes = {(r["info"]["height"], r["info"]["width"]) for r in res["resolution"]}
+    assert sizes == {(16, 24), (24, 32), (32, 48)}
+    for h, w in sizes:
+        ops_here = {r["op"] for r in res["resolution"] if (r["info"]["height"], r["info"]["width"]) == (h, w)}
+        assert ops_here == OPS, (h, w)
+    for r in res["resolution"]:
+        assert r["fast_s"] > 0 and all(b["ratio"] > 0 and b["target"] is None for b in r["baselines"])
+        assert r["variant"].endswith(f"{r['info']['height']}x{r['info']['width']}")
+
+    # Report over the repository's results plus the tiny scaling run.
+    copied = _copy_results(results)
+    report = _load_bench("report")
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n## Performance\n\nIntro text.\n\n## License\n\nBSD\n")
+    out, plots = tmp_path / "REPORT.md", tmp_path / "plots"
+    try:
+        import matplotlib  # noqa: F401
+
+        plot_args = ["--plots", str(plots)]
+    except ImportError:
+        plot_args = ["--no-plots"]
+    argv = ["--results", str(results), "--out", str(out), "--readme", str(readme), *plot_args]
+    summary = report.main(argv)
+    text = out.read_text()
+    assert "tinybox" in summary["runs"] and summary["runs"]["tinybox"] == ["scaling"]
+    for section in ("# pix2pixhd_fast performance report", "## Summary", "## Machines", "## Scaling", "### tinybox"):
+        assert section in text, section
+    assert "instance_avg_pool vs instance count (24x32)" in text
+    if "cpu-2core.json" in copied:
+        assert "## Operators" in text and "### cpu-2core" in text
+        assert "### Operators: speed-up over the PyTorch baseline" in text
+    if "cpu-2core-train.json" in copied:
+        assert "## Training step" in text and "global-256x512" in text
+    if "nvidia-h200-call-overhead.json" in copied:
+        assert "## Call overhead" in text
+    if "cpu-2core-infer.json" in copied:
+        assert "## Inference latency" in text and "### Inference latency" in text
+    if "nvidia-h200-interim.json" in copied and "nvidia-h200.json" in copied:
+        assert "## Earlier runs" in text and "nvidia-h200-interim (earlier run of nvidia-h200)" in text
+    if plot_args[0] == "--plots":
+        pngs = sorted(p.name for p in plots.iterdir())
+        assert "scaling-instances-tinybox.png" in pngs and "scaling-resolution-tinybox.png" in pngs
+        for p in plots.iterdir():
+            assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 1000
+            assert f"(plots/{p.name})" in text  # embedded in the report
+    # README: the generated block went at the end of the Performance section, before the next one.
+    new = readme.read_text()
+    assert new.index("Intro text.") < new.index(report.BEGIN) < new.index(report.END) < new.index("## License")
+    block = new[new.index(report.BEGIN) : new.index(report.END)]
+    assert "Instance-wise average pooling vs the number of instances" in block and "tinybox" in block
+    assert "[REPORT.md](REPORT.md)" in block
+    # Same inputs, same outputs: a second run changes nothing.
+    again = report.main(argv)
+    assert again["readme_changed"] is False and out.read_text() == text and readme.read_text() == new
+    assert "report.py:" in capsys.readouterr().out
+
+
+def test_report_grouping_and_readme_markers(tmp_path):
+    report = _load_bench("report")
+    assert report.run_name("nvidia-h200-train", "train") == "nvidia-h200"
+    assert report.run_name("gpu_ops", "ops") == "gpu"
+    assert report.run_name("gpu_pytest_benchmark", "pytest-benchmark") == "gpu"
+    assert report.run_name("cpu-2core", "ops") == "cpu-2core"
+    assert report.run_name("cpu-2core-scaling", "scaling") == "cpu-2core"
+    assert report.classify({"kind": "scaling"}) == "scaling"
+    assert report.classify({"benchmarks": [], "machine_info": {}}) == "pytest-benchmark"
+    assert report.classify({"meta": {}, "rows": [{"us_cpp": 1.0}]}) == "call-overhead"
+    assert report.classify({"rows": [], "peak": {}, "settings": {}, "machine": {}}) == "ops"
+    assert report.classify({"something": 1}) is None and report.classify([1, 2]) is None
+
+    # Markers present: only the text between them changes.
+    p = tmp_path / "R.md"
+    p.write_text(f"a\n{report.BEGIN}\nold\n{report.END}\nb\n")
+    assert report.update_readme(str(p), f"{report.BEGIN}\nnew\n{report.END}") is True
+    assert p.read_text() == f"a\n{report.BEGIN}\nnew\n{report.END}\nb\n"
+    assert report.update_readme(str(p), f"{report.BEGIN}\nnew\n{report.END}") is False
+    # No Performance section: one is appended.
+    p.write_text("# t\n\nbody\n")
+    report.update_readme(str(p), f"{report.BEGIN}\nx\n{report.END}")
+    assert p.read_text().endswith(f"## Performance\n\n{report.BEGIN}\nx\n{report.END}\n")
+    # A lone or doubled marker is an error, not a guess.
+    for bad in (
+        f"a {report.BEGIN} b",
+        f"{report.BEGIN}{report.END}{report.BEGIN}{report.END}",
+        f"{report.END} {report.BEGIN}",
+    ):
+        p.write_text(bad)
+        try:
+            report.update_readme(str(p), f"{report.BEGIN}{report.END}")
+        except ValueError as e:
+            assert "marker" in str(e) or "before" in str(e)
+        else:
+            raise AssertionError(bad)
+
+    # Earlier runs of a machine are recognised by name; unknown JSON files are skipped with a note.
+    d = tmp_path / "res"
+    d.mkdir()
+    ops = {"rows": [], "peak": {}, "settings": {"device": "cpu"}, "machine": {"cpu": "x"}}
+    for name in ("box", "box-old", "other"):
+        (d / f"{name}.json").write_text(json.dumps(ops))
+    (d / "notes.json").write_text("{}")
+    runs, notes = report.load_runs([str(d)])
+    later = {r.name: r.later for r in runs}
+    assert later == {"box": None, "box-old": "box", "other": None}
+    assert notes == ["notes.json: not a benchmark results file"]
+    (d / "box_ops.json").write_text(json.dumps(ops))  # a second operators file of run "box"
+    try:
+        report.load_runs([str(d)])
+    except ValueError as e:
+        assert "two ops files" in str(e)
+    else:
+        raise AssertionError("duplicate run accepted")
+
+
+def test_report_pytest_benchmark_table(tmp_path):
+    # pytest-benchmark's JSON layout (--benchmark-json), with made-up medians: speed-up = baseline / fast.
+    def bench(group, name, median, rounds):
+        return {"group": group, "name": name, "stats": {"median": median, "rounds": rounds}}
+
+    data = {
+        "machine_info": {"cpu": {"brand_raw": "Some CPU"}, "pix2pixhd_fast": {"device": "cpu", "threads": 2}},
+        "benchmarks": [
+            bench("pool fwd (cpu)", "fast", 0.002, 50),
+            bench("pool fwd (cpu)", "loop", 0.5, 2),
+            bench("pool fwd (cpu)", "scatter_reduce", 0.006, 20),
+            bench("norm fwd (cpu)", "nn.InstanceNorm2d+ReLU", 0.003, 30),
+            bench("norm fwd (cpu)", "fast", 0.001, 90),
+        ],
+        "datetime": "2026-11-26T15:37:24",
+        "version": "5.3.1",
+    }
+    report = _load_bench("report")
+    assert report.classify(data) == "pytest-benchmark"
+    head, body = report.pytest_benchmark_table(data)
+    rows = {(r[0], r[2]): r for r in body}
+    assert set(rows) == {
+        ("pool fwd (cpu)", "loop"),
+        ("pool fwd (cpu)", "scatter_reduce"),
+        ("norm fwd (cpu)", "nn.InstanceNorm2d+ReLU"),
+    }
+    assert rows[("pool fwd (cpu)", "loop")][4] == "250x" and rows[("pool fwd (cpu)", "loop")][5] == "50 / 2"
+    assert rows[("pool fwd (cpu)", "scatter_reduce")][4] == "3.00x"
+    assert rows[("norm fwd (cpu)", "nn.InstanceNorm2d+ReLU")][1] == "1.00 ms"
+    (tmp_path / "box-pytest-benchmark.json").write_text(json.dumps(data))
+    out = tmp_path / "REPORT.md"
+    report.main(["--results", str(tmp_path), "--out", str(out), "--no-plots", "--no-readme"])
+    text = out.read_text()
+    assert (
+        "## pytest-benchmark" in text
+        and "### box" in text
+        and "| pool fwd (cpu) | 2.00 ms | loop | 500.00 ms | 250x | 50 / 2 |" in text
+    )
+
+
+def test_bench_command_plan(capsys):
+    run_all = _load_bench("run_all")
+    args = run_all.parse_args(["--skip", "train,pytest"])
+    assert args.steps == ["ops", "infer", "scaling", "report"]  # no call-overhead step on the CPU unless asked for
+    assert run_all.parse_args(["--only", "overhead"]).steps == ["overhead"]
+    assert run_all.parse_args(["--device", "cuda"]).steps == list(run_all.STEPS)
+    assert run_all.machine_slug("cpu") == f"cpu-{os.cpu_count()}core"
+    cmds = {step: cmd for step, cmd, _env in run_all.commands(run_all.parse_args(["--results", "/r"]), "m1")}
+    assert "--benchmark-json=/r/m1-pytest-benchmark.json" in cmds["pytest"]
+    assert cmds["ops"][-4:] == ["--json", "/r/m1.json", "--markdown", "/r/m1.md"]
+    assert "/r/m1-scaling.json" in cmds["scaling"] and "/r/m1-train.json" in cmds["train"]
+    assert cmds["infer"][-4:] == ["--json", "/r/m1-infer.json", "--markdown", "/r/m1-infer.md"]
+    assert "--device" in cmds["infer"] and "run_infer.py" in cmds["infer"][1]
+    try:
+        run_all.parse_args(["--skip", "bogus"])
+    except SystemExit as e:
+        assert e.code == 2
+    else:
+        raise AssertionError("unknown step accepted")
+
+    # The CLI's `bench` is the same entry point (a dry run executes nothing).
+    from pix2pixhd_fast import cli
+
+    assert cli.main(["bench", "--only", "report", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert ">>> bench report:" in out and "report.py" in out
+
+
+# ----------------------------------------------------------------------------------------------------
+# benchmarks/run_infer.py: inference latency per backend, and its report section
+
+
+def test_run_infer_tiny_cpu(tmp_path, capsys):
+    run_infer = _load_bench("run_infer")
+    threads = torch.get_num_threads()
+    js, md = tmp_path / "tinybox-infer.json", tmp_path / "infer.md"
+    # (c) torch.compile is left out: its compilation alone takes tens of seconds (tests/test_export_backends.py
+    # checks that backend); (e) TensorRT is skipped here (no GPU), with the reason.
+    argv = ["--sizes", "tiny", "--backends", "a,b,d,e", "--rounds", "2", "--iters", "1", "--warmup", "0"]
+    try:
+        res = run_infer.main([*argv, "--threads", "1", "--json", str(js), "--markdown", str(md)])
+    finally:
+        torch.set_num_threads(threads)
+    assert json.loads(js.read_text()) == json.loads(json.dumps(res, default=str))
+
+    assert res["kind"] == "infer" and res["complete"] and not res["errors"] and not res["skipped"]
+    assert res["settings"]["configs"] == ["a", "b", "d", "e"] and res["machine"]["threads"] == 1
+    assert [p["problem"] for p in res["problems"]] == ["global-64x128"]
+    p = res["problems"][0]
+    assert p["params_G"] > 0 and "--n_blocks_global" in p["options"]
+    rows = {r["key"]: r for r in p["rows"]}
+    assert list(rows) == ["a", "b", "d", "e"]
+    assert (rows["a"]["backend"], rows["a"]["precision"], rows["a"]["ops"], rows["a"]["channels_last"]) == (
+        "eager",
+        "fp32",
+        "reference",
+        False,
+    )
+    assert (rows["b"]["backend"], rows["b"]["precision"], rows["b"]["ops"], rows["b"]["channels_last"]) == (
+        "eager",
+        "bf16",
+        "fast",
+        True,
+    )
+    assert rows["d"]["backend"] == "onnxruntime" and rows["d"]["provider"] == "CPUExecutionProvider"
+    for key in "abd":
+        r = rows[key]
+        assert r["status"] == "ok" and r["calls"] == 2 and len(r["round_medians_s"]) == 2, key
+        assert r["median_s"] > 0 and r["min_s"] <= r["median_s"] <= r["max_s"], key
+        assert r["first_call_s"] > 0 and r["setup_s"] > 0 and r["warmup_calls"] == 0, key
+        assert abs(r["images_per_s"] * r["median_s"] - p["batch"]) < 1e-9, key
+        assert abs(r["vs_a_of_medians"] - rows["a"]["median_s"] / r["median_s"]) < 1e-9, key
+        assert r["cpu_median_s"] is not None and r["cpu_median_s"] > 0, key
+    assert rows["a"]["vs_a"] == 1.0 and rows["a"]["max_abs_diff_vs_a"] == 0.0
+    # Same weights in every configuration: fp32 onnxruntime matches the fp32 eager baseline closely, bf16 roughly.
+    assert rows["d"]["max_abs_diff_vs_a"] < 1e-3
+    assert rows["b"]["max_abs_diff_vs_a"] < 0.5
+    assert rows["e"]["status"] == "skipped" and "TensorRT" in rows["e"]["reason"] and "median_s" not in rows["e"]
+
+    text = md.read_text()
+    assert "## global-64x128" in text and "| config |" in text and "skipped: TensorRTUnavailableError" in text
+    assert "(d) onnxruntime fp32" in capsys.readouterr().out
+
+    # The report: a section per run and the key table (README too), from this file and a GPU-like one.
+    report = _load_bench("report")
+    assert report.classify(res) == "infer"
+    assert report.run_name("tinybox-infer", "infer") == "tinybox" and report.run_name("gpu_infer", "infer") == "gpu"
+    gpu = {
+        "kind": "infer",
+        "settings": {"device": "cuda", "sizes": "gpu", "iters": 5, "rounds": 4, "warmup": 3, "seed": 1},
+        "machine": {"gpu": "Some GPU", "cc": "9.0", "gpu_memory_gib": 80, "torch": "2.x", "threads": 16},
+        "problems": [
+            {
+                "problem": "local-1024x2048",
+                "options": ["--netG", "local"],
+                "rows": [
+                    {"key": "a", "config": "eager fp32", "status": "ok", "median_s": 0.030, "min_s": 0.029},
+                    {"key": "c", "config": "compile", "status": "ok", "median_s": 0.008, "min_s": 0.008}
+                    | {"vs_a": 3.75, "target": {"vs_a": 3.0, "met": True}},
+                    {"key": "e", "config": "TensorRT bf16", "status": "skipped", "reason": "no | tensorrt"},
+                ],
+            }
+        ],
+        "errors": [],
+        "complete": True,
+    }
+    for row in gpu["problems"][0]["rows"][:2]:
+        row.update(images_per_s=1 / row["median_s"], setup_s=0.1, first_call_s=1.0)
+    (tmp_path / "gpu_infer.json").write_text(json.dumps(gpu))
+    head, body = report.key_infer_table(report.load_runs([str(tmp_path)])[0])
+    assert head[:2] == ["run", "problem"] and "(c) compile" in head and "(d) onnxruntime fp32" in head
+    lines = {(b[0], b[1]): dict(zip(head, b, strict=True)) for b in body}
+    assert lines[("gpu", "local-1024x2048")]["(c) compile"] == "8.00 ms (3.75x ✓)"
+    assert lines[("gpu", "local-1024x2048")]["(e) TensorRT bf16"] == "skipped"
+    assert lines[("gpu", "local-1024x2048")]["(d) onnxruntime fp32"] == "-"
+    tiny = lines[("tinybox", "global-64x128")]
+    assert tiny["(a) eager fp32 NCHW, reference ops"] == report.fmt_t(rows["a"]["median_s"])
+    assert tiny["(b) eager bf16 + channels-last, fast ops"].endswith(f"({rows['b']['vs_a']:.2f}x)")
+    out, readme = tmp_path / "REPORT.md", tmp_path / "README.md"
+    readme.write_text("# x\n\n## Performance\n")
+    report.main(["--results", str(tmp_path), "--out", str(out), "--no-plots", "--readme", str(readme)])
+    text = out.read_text()
+    assert "## Inference latency" in text and "### tinybox" in text and "### gpu" in text
+    assert "skipped: no / tensorrt" in text and "target >= 3x: met" in text
+    block = readme.read_text()
+    assert "#### Inference latency" in block and "8.00 ms (3.75x ✓)" in block
+
+
+def test_run_infer_bad_arguments():
+    run_infer = _load_bench("run_infer")
+    for argv in (["--backends", "a,z"], ["--backends", ","], ["--iters", "0"], ["--only", "local"], ["--warmup", "-1"]):
+        try:
+            run_infer.parse_args(argv)
+        except SystemExit as e:
+            assert e.code == 2, argv
+        else:
+            raise AssertionError(f"{argv} was accepted")
+    args = run_infer.parse_args(["--device", "cuda", "--only", "local"])
+    assert args.sizes == "gpu" and args.problem_names == {"local"} and args.warmup == 3
+    # The GPU problems: the LocalEnhancer at 2048x1024 first (DESIGN.md's target), then the global G at 1024x512.
+    probs = run_infer.problems_for("gpu")
+    assert [(p.name, p.height, p.width) for p in probs] == [("local", 1024, 2048), ("global", 512, 1024)]
+    assert [(p.name, p.height, p.width) for p in run_infer.problems_for("cpu")] == [("global", 256, 512)]
+    assert "--ngf" in probs[0].options and probs[0].options[probs[0].options.index("--ngf") + 1] == "32"
+    assert run_infer.TARGETS[("gpu", "local")] == {"c": 3.0, "e": 3.0}
+    cfg = {c.key: c for c in run_infer.CONFIGS}
+    argv = run_infer.config_options(probs[1], cfg["a"], "cuda")
+    assert argv[argv.index("--ops") + 1] == "reference" and "--no_channels_last" in argv
+    assert argv[argv.index("--amp") + 1] == "off"
+    argv = run_infer.config_options(probs[1], cfg["c"], "cuda")
+    assert argv[argv.index("--amp") + 1] == "bf16" and "--no_channels_last" not in argv
