@@ -378,8 +378,47 @@ def _cmd_bench_infer(argv: list[str]) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Instance features: encode-features and precompute-feature-maps (pix2pixhd_fast.features)
+
+
+def _cmd_features(command: str, argv: list[str]) -> int:
+    from .features import run_encode_features, run_precompute_feature_maps
+    from .options import parse_features
+
+    run = run_encode_features if command == "encode-features" else run_precompute_feature_maps
+    try:
+        summary = run(parse_features(command, argv))  # argparse errors exit with status 2 and a usage line
+    except (ValueError, TypeError, OSError, ImportError) as e:
+        print(f"pix2pixhd-fast {command}: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
 # Commands that take the reference's full option set are parsed by their own parsers (see options.py).
 _PASSTHROUGH = {"train": _cmd_train, "test": _cmd_test, "export": _cmd_export, "bench-infer": _cmd_bench_infer}
+
+_PASSTHROUGH["encode-features"] = lambda argv: _cmd_features("encode-features", argv)
+_PASSTHROUGH["precompute-feature-maps"] = lambda argv: _cmd_features("precompute-feature-maps", argv)
+
+
+def _cmd_bench(argv: list[str]) -> int:
+    """`make bench` from the CLI: benchmarks/run_all.py of the source checkout (benchmarks/ is not installed)."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "run_all.py")
+    if not os.path.isfile(path):
+        print(f"pix2pixhd-fast bench: error: needs a source checkout (no {path})", file=sys.stderr)
+        return 2
+    spec = importlib.util.spec_from_file_location("p2phd_bench_run_all", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(argv)
+
+
+_PASSTHROUGH["bench"] = _cmd_bench
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -395,6 +434,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub.add_parser(
         "bench-infer", help="time the inference backends side by side (see bench-infer --help)", add_help=False
+    )
+    sub.add_parser(
+        "bench", help="run every benchmark suite here and regenerate the report (see bench --help)", add_help=False
+    )
+    sub.add_parser(
+        "encode-features",
+        help="encode the training instances with E and cluster them per class (see encode-features --help)",
+        add_help=False,
+    )
+    sub.add_parser(
+        "precompute-feature-maps",
+        help="write E's feature maps as <phase>_feat images for --load_features (see precompute-feature-maps --help)",
+        add_help=False,
     )
     p = sub.add_parser("demo", help="synthetic data -> short training -> test images, HTML page and PSNR")
     p.add_argument("--out", default="demo_out", help="folder for the data, checkpoints and results")

@@ -15,8 +15,10 @@ label/instance ids and giving the same images within the precision's tolerance:
 - ``tensorrt``: a TensorRT engine built from that ONNX file (``<which_epoch>_net_G.<precision>.engine`` beside it,
   precision from ``--amp``: off -> fp32, bf16, fp16), for the image sizes met, reused while newer than the ONNX file.
 
-Instance features (``--instance_feat``/``--label_feat``) are computed in PyTorch for every backend (the encoder and
-its instance-wise pooling, or a zero map), then passed to the generator as its ``feat`` input.
+Instance features (``--instance_feat``/``--label_feat``) are computed in PyTorch for every backend, then passed to the
+generator as its ``feat`` input: a cluster centre per instance sampled from the clusters that ``encode-features``
+wrote (seeded by ``--seed``; ``--feat_edit`` picks centres or vectors per instance id; see
+:mod:`pix2pixhd_fast.features`), or E(real image) with ``--use_encoded_image``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import functools
 import json
 import math
 import os
+import sys
 import time
 
 import numpy as np
@@ -362,8 +365,17 @@ def make_backend(
     raise ValueError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
 
 
-def run_test(opt: argparse.Namespace) -> dict:
-    """Generate ``--how_many`` test images with ``--backend``; returns a summary with the page path and PSNR."""
+def run_test(opt: argparse.Namespace, extra_rows: list[tuple[str, list[tuple[str, str]]]] | None = None) -> dict:
+    """Generate ``--how_many`` test images with ``--backend``; returns a summary with the page path and PSNR.
+
+    Models with instance features (``--instance_feat``/``--label_feat``, not ``--load_features``) get, per image,
+    a cluster centre per instance sampled from the clusters file (seeded by ``--seed`` and the image index; see
+    :func:`pix2pixhd_fast.features.find_clusters_file`), or E(real image) with ``--use_encoded_image``; ``--feat_edit``
+    sets chosen instances. ``extra_rows`` (``[(header, [(caption, path relative to the page)])]``) go on top of the
+    page (the demo's styles section).
+    """
+    from .features import inference_features
+
     if getattr(opt, "num_threads", 0) > 0:
         torch.set_num_threads(opt.num_threads)
     device = resolve_device(opt)
@@ -373,6 +385,7 @@ def run_test(opt: argparse.Namespace) -> dict:
         backend_name = "compile"
     model = load_model(opt, device)
     backend = make_backend(backend_name, model, opt, device, amp)
+    feature_source = inference_features(opt)  # before any work: a missing clusters file fails fast
     dataset = Pix2PixHDDataset.from_options(opt)
     loader = make_dataloader(dataset, batch_size=1, shuffle=False, num_workers=min(opt.nThreads, 1), seed=opt.seed)
     out_dir = os.path.join(opt.results_dir, opt.name, f"{opt.phase}_{opt.which_epoch}")
@@ -389,12 +402,12 @@ def run_test(opt: argparse.Namespace) -> dict:
         inst = inst.to(device) if inst is not None and not opt.no_instance else None
         image = batch.get("image")
         feat = batch.get("feat")
-        fake = backend(
-            label,
-            inst,
-            image.to(device) if (image is not None and opt.use_encoded_image) else None,
-            feat.to(device) if feat is not None else None,
-        )
+        real = image.to(device) if (image is not None and opt.use_encoded_image) else None
+        feat = feat.to(device) if feat is not None else None
+        if feature_source is not None:
+            encoded = backend.features(label, inst, real, None) if opt.use_encoded_image else None
+            feat, real = feature_source(i, label, inst, encoded), None
+        fake = backend(label, inst, real, feat)
         stem = os.path.splitext(os.path.basename(str(batch["path"][0])))[0]
         lab = (
             to_uint8_image(batch["label"][0])
@@ -415,7 +428,7 @@ def run_test(opt: argparse.Namespace) -> dict:
     write_html_page(
         os.path.join(out_dir, "index.html"),
         f"Experiment = {opt.name}, Phase = {opt.phase}, Epoch = {opt.which_epoch}",
-        rows,
+        list(extra_rows or []) + rows,
         width=min(opt.display_winsize, 512),
     )
     summary = {
@@ -430,6 +443,10 @@ def run_test(opt: argparse.Namespace) -> dict:
         "device": str(device),
         "page": os.path.join(out_dir, "index.html"),
     }
+    if feature_source is not None:
+        summary.update(feature_source.describe())
+        if feature_source.unmatched:
+            print(f"warning: --feat_edit ids found in no test image: {feature_source.unmatched}", file=sys.stderr)
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(summary, f, indent=1)
     return summary

@@ -15,7 +15,16 @@ import os
 import sys
 from collections.abc import Sequence
 
-__all__ = ["train_parser", "test_parser", "parse_train", "parse_test", "finalize", "save_options"]
+__all__ = [
+    "train_parser",
+    "test_parser",
+    "features_parser",
+    "parse_train",
+    "parse_test",
+    "parse_features",
+    "finalize",
+    "save_options",
+]
 
 
 def _inf_int(s: str) -> float | int:
@@ -154,15 +163,80 @@ def test_parser() -> argparse.ArgumentParser:
     g.add_argument("--phase", default="test", help="train, val, test, ...")
     g.add_argument("--which_epoch", default="latest", help="which checkpoint to load")
     g.add_argument("--how_many", type=int, default=50, help="how many test images to run")
-    g.add_argument("--cluster_path", default="features_clustered_010.npy", help="clustered features file")
+    g.add_argument(
+        "--cluster_path",
+        default=None,
+        help="clustered features to sample from, relative to <checkpoints_dir>/<name> (default: "
+        "features_clustered_<n_clusters>.npz there, else the reference's .npy of that name)",
+    )
     g.add_argument("--use_encoded_image", action="store_true", help="encode the real image to get the feature map")
     g.add_argument("--export_onnx", default=None, help="(reference option; use `pix2pixhd-fast export`)")
     g.add_argument("--engine", default=None, help="(reference option; use --backend tensorrt)")
     g.add_argument("--onnx", default=None, help="(reference option; use --backend onnxruntime)")
     g = p.add_argument_group("pix2pixhd_fast inference")
     g.add_argument("--backend", default="eager", choices=["eager", "compile", "onnxruntime", "tensorrt"])
+    g.add_argument(
+        "--feat_edit",
+        default=None,
+        help="instance features by id: ID:CLUSTER picks that cluster of the instance's class, ID:V1/V2/V3 sets the "
+        "vector, e.g. 26001:3,26002:7 (the other instances: sampled with --seed, or encoded)",
+    )
     g.add_argument("--isTrain", default=False, help=argparse.SUPPRESS)
     return p
+
+
+def features_parser(command: str = "encode-features") -> argparse.ArgumentParser:
+    """Parser of ``pix2pixhd-fast encode-features`` / ``precompute-feature-maps`` (reference base options: give the
+    training's network and data options, as for ``test``)."""
+    if command not in ("encode-features", "precompute-feature-maps"):
+        raise ValueError(f"unknown features command {command!r}")
+    what = (
+        "Encode every instance of the training images with the trained encoder E (<which_epoch>_net_E.pth), "
+        "cluster them per class with k-means and write the clusters that `test --instance_feat` samples from "
+        "(as NVIDIA's encode_features.py)."
+        if command == "encode-features"
+        else "Write E's feature map of every image as <dataroot>/<phase>_feat/<label file name>.png for training "
+        "with --load_features (as NVIDIA's precompute_feature_maps.py; needs --feat_num 3)."
+    )
+    p = argparse.ArgumentParser(
+        prog=f"pix2pixhd-fast {command}", description=what, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    _add_base(p)
+    p.set_defaults(instance_feat=None, batchSize=8 if command == "encode-features" else 1)
+    g = p.add_argument_group("feature encoding")
+    g.add_argument("--phase", default="train", help="which images to encode")
+    g.add_argument("--which_epoch", default="latest", help="which encoder checkpoint to load")
+    if command == "encode-features":
+        g.add_argument(
+            "--min_area_frac",
+            type=float,
+            default=1.0 / 64,
+            help="keep instances larger than this fraction of their image (reference: 1/64)",
+        )
+        g.add_argument(
+            "--cluster_path",
+            default=None,
+            help="output file (.npz; default <checkpoints_dir>/<name>/features_clustered_<n_clusters>.npz)",
+        )
+    else:
+        g.add_argument("--feat_dir", default=None, help="output folder (default <dataroot>/<phase>_feat)")
+    g.add_argument("--isTrain", default=False, help=argparse.SUPPRESS)
+    return p
+
+
+def parse_features(command: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse and finalize ``encode-features`` / ``precompute-feature-maps`` options (instance features unless
+    ``--label_feat``, as the reference's scripts force ``instance_feat``)."""
+    opt = features_parser(command).parse_args(argv)
+    if opt.instance_feat is None:
+        opt.instance_feat = not opt.label_feat
+    opt.load_features = False
+    opt = finalize(opt)
+    if command == "encode-features" and not 0.0 <= opt.min_area_frac < 1.0:
+        raise ValueError(f"--min_area_frac must lie in [0, 1), got {opt.min_area_frac}")
+    if opt.n_clusters < 1:
+        raise ValueError(f"--n_clusters must be >= 1, got {opt.n_clusters}")
+    return opt
 
 
 def finalize(opt: argparse.Namespace) -> argparse.Namespace:

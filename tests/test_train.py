@@ -690,12 +690,19 @@ def test_reference_command_lines_and_defaults():
 def test_demo_trains_and_tests_the_same_architecture(tmp_path, monkeypatch):
     """The demo's train and test command lines must describe the same networks (else loading fails)."""
     import pix2pixhd_fast.data as data_mod
+    import pix2pixhd_fast.demo as demo_mod
+    import pix2pixhd_fast.features as features_mod
     import pix2pixhd_fast.infer as infer_mod
     import pix2pixhd_fast.train as train_mod
     from pix2pixhd_fast.demo import run_demo
 
     seen = {}
     monkeypatch.setattr(data_mod, "make_synthetic_dataset", lambda *a, **k: {})
+    # the feature steps (encode-features, styles) are checked in test_features.py
+    enc = {"clusters_file": "c", "instances": 0, "instances_per_class": {}, "clusters_per_class": {}}
+    monkeypatch.setattr(features_mod, "run_encode_features", lambda opt: enc)
+    monkeypatch.setattr(features_mod, "load_clusters", lambda path: features_mod.FeatureClusters({}, 3))
+    monkeypatch.setattr(demo_mod, "render_styles", lambda *a, **k: ([], {}))
     monkeypatch.setattr(
         train_mod,
         "train",
@@ -704,7 +711,9 @@ def test_demo_trains_and_tests_the_same_architecture(tmp_path, monkeypatch):
         ),
     )
     monkeypatch.setattr(
-        infer_mod, "run_test", lambda opt: seen.update(test=opt) or {"psnr_mean": 20.0, "images": 4, "page": "p"}
+        infer_mod,
+        "run_test",
+        lambda opt, extra_rows=None: seen.update(test=opt) or {"psnr_mean": 20.0, "images": 4, "page": "p"},
     )
     for quick in (True, False):
         result = run_demo(str(tmp_path / f"demo{quick}"), quick=quick, device="cpu")
