@@ -106,19 +106,22 @@ def _resolve_graph(
     return InferenceGraph.from_model(model_or_netG)
 
 
-def _check_output_path(path: str | os.PathLike) -> str:
+def check_output_path(path: object, *, name: str = "path", example: str = "model.onnx", prefix: str = "") -> str:
+    """Validate a file path about to be written (by the ONNX export and the TensorRT builder): a non-empty
+    str/PathLike, not a directory, in an existing folder this process can write into. Errors start with
+    ``prefix`` and call the argument ``name``; returns the path as a str."""
     if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"export_onnx: path must be a str or os.PathLike, got {type(path).__name__}")
+        raise TypeError(f"{prefix}{name} must be a str or os.PathLike, got {type(path).__name__}")
     path = os.fspath(path)
     if not path:
-        raise ValueError("export_onnx: path is empty")
+        raise ValueError(f"{prefix}{name} is empty")
     if os.path.isdir(path):
-        raise IsADirectoryError(f"export_onnx: {path!r} is a directory; give a file name such as model.onnx")
+        raise IsADirectoryError(f"{prefix}{path!r} is a directory; give a file name such as {example}")
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
-        raise FileNotFoundError(f"export_onnx: the folder {parent!r} does not exist (create it first)")
+        raise FileNotFoundError(f"{prefix}the folder {parent!r} does not exist (create it first)")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise PermissionError(f"export_onnx: cannot write into {parent!r} (no write permission)")
+        raise PermissionError(f"{prefix}cannot write into {parent!r} (no write permission)")
     return path
 
 
@@ -307,7 +310,7 @@ def export_onnx(
     import onnx
 
     graph = _resolve_graph(model_or_netG, label_nc, use_instance, feat_num)
-    path = _check_output_path(path)
+    path = check_output_path(path, prefix="export_onnx: ")
     hi = max_opset()
     if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= hi:
         raise ValueError(f"export_onnx: opset must be an int in [{MIN_OPSET}, {hi}], got {opset!r}")

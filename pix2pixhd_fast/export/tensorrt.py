@@ -62,7 +62,7 @@ from typing import Any
 
 import torch
 
-from .onnx import METADATA_PREFIX
+from .onnx import METADATA_PREFIX, check_output_path
 
 __all__ = [
     "PRECISIONS",
@@ -593,22 +593,6 @@ def _check_precision(precision: Any) -> str:
     return precision
 
 
-def _check_output_path(path: Any) -> str:
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"engine_path must be a str or os.PathLike, got {type(path).__name__}")
-    path = os.fspath(path)
-    if not path:
-        raise ValueError("engine_path is empty")
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"{path!r} is a directory; give a file name such as model.engine")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise FileNotFoundError(f"the folder {parent!r} does not exist (create it first)")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise PermissionError(f"cannot write into {parent!r} (no write permission)")
-    return path
-
-
 _ONNX_TO_TORCH = {1: "float32", 10: "float16", 16: "bfloat16", 7: "int64", 6: "int32", 9: "bool"}
 
 
@@ -744,7 +728,7 @@ def build_engine(
     precision = _check_precision(precision)
     model = _load_onnx(onnx_path)
     onnx_path = os.path.abspath(os.fspath(onnx_path))
-    engine_path = _check_output_path(engine_path)
+    engine_path = check_output_path(engine_path, name="engine_path", example="model.engine")
     if os.path.abspath(engine_path) == onnx_path:
         raise ValueError("engine_path must differ from onnx_path")
     inputs = _onnx_inputs(model)
