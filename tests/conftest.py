@@ -1,4 +1,4 @@
-"""Shared test fixtures: devices, fresh seeds (printed, reproducible with P2PHD_TEST_SEED)."""
+"""Shared test fixtures: devices, fresh seeds (printed, reproducible with P2PHD_TEST_SEED), tiny synthetic data."""
 
 import os
 import random
@@ -30,3 +30,22 @@ def seed(request):
     random.seed(s)
     print(f"[seed] {request.node.nodeid}: P2PHD_TEST_SEED={s}")
     return s
+
+
+@pytest.fixture
+def restore_threads():
+    """Training/inference code sets torch's thread count from --num_threads; give the rest of the session its own
+    back. Modules that run such code use it with ``pytestmark = pytest.mark.usefixtures("restore_threads")``."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> str:
+    """4 train + 2 test synthetic street scenes of 64x32 (Cityscapes ids, instance maps with cars, photos)."""
+    from pix2pixhd_fast.data import make_synthetic_dataset
+
+    root = str(tmp_path_factory.mktemp("synthetic"))
+    make_synthetic_dataset(root, n=4, size=(64, 32), seed=0, n_test=2)
+    return root

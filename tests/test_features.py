@@ -37,20 +37,8 @@ from pix2pixhd_fast.features import (
 )
 from pix2pixhd_fast.options import parse_features, parse_test
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> str:
-    """4 train + 2 test synthetic street scenes of 64x32 (Cityscapes ids, instance maps with cars, photos)."""
-    root = str(tmp_path_factory.mktemp("synthetic"))
-    make_synthetic_dataset(root, n=4, size=(64, 32), seed=0, n_test=2)
-    return root
+# Shared fixtures (tests/conftest.py): `data` (tiny synthetic dataset per module), `restore_threads`.
+pytestmark = pytest.mark.usefixtures("restore_threads")
 
 
 def random_maps(gen: torch.Generator, n: int = 2, h: int = 12, w: int = 16, n_ids: int = 7):

@@ -21,7 +21,6 @@ import pytest
 import torch
 
 from pix2pixhd_fast import cli
-from pix2pixhd_fast.data import make_synthetic_dataset
 from pix2pixhd_fast.demo import demo_train_args
 from pix2pixhd_fast.options import parse_test, parse_train
 from pix2pixhd_fast.train import Trainer, fixes_global, learning_rate, total_epochs
@@ -31,20 +30,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NETS = ("G", "D", "E")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The Trainer sets torch's thread count from --num_threads; give the rest of the session its own back.
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> str:
-    """4 train + 2 test synthetic street scenes of 64x32 (Cityscapes ids, instance maps, photos)."""
-    root = str(tmp_path_factory.mktemp("synthetic"))
-    make_synthetic_dataset(root, n=4, size=(64, 32), seed=0, n_test=2)
-    return root
+# Shared fixtures (tests/conftest.py): `data` (tiny synthetic dataset per module), `restore_threads`.
+pytestmark = pytest.mark.usefixtures("restore_threads")
 
 
 def tiny_args(data: str, ckpt, name: str, *extra: str, amp: str | None = "off", html: bool = False) -> list[str]:
