@@ -51,6 +51,8 @@ from run_ops import _loadavg, add_floor, machine_info, measure_peak_bandwidth, r
 from run_train import CpuLoad  # noqa: E402
 from tables import fmt_ratio, fmt_t  # noqa: E402
 
+from pix2pixhd_fast.utils.files import atomic_write  # noqa: E402
+
 RESOLUTIONS = {"cpu": "256x512,512x1024", "cuda": "256x512,512x1024,1024x2048", "tiny": "16x24,24x32,32x48"}
 COUNT_SIZE = {"cpu": "256x512", "cuda": "1024x2048", "tiny": "24x32"}
 COUNTS = {"normal": "1,10,100,1000", "tiny": "1,3,10"}
@@ -232,9 +234,8 @@ def _write(res: dict, path: str | None, load: CpuLoad, t_all: float) -> None:
     res["machine"]["loadavg_end"] = _loadavg()
     if path:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path + ".tmp", "w") as f:
+        with atomic_write(path, "w") as f:
             json.dump(res, f, indent=1, default=str)
-        os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":

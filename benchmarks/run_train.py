@@ -66,6 +66,7 @@ from pix2pixhd_fast.models.pix2pixhd import Pix2PixHDModel  # noqa: E402
 from pix2pixhd_fast.options import parse_train  # noqa: E402
 from pix2pixhd_fast.train.schedule import trainable_generator_params  # noqa: E402
 from pix2pixhd_fast.train.trainer import Trainer, make_adam, resolve_amp  # noqa: E402
+from pix2pixhd_fast.utils.files import atomic_write  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------------
 # Problems and configurations
@@ -966,12 +967,11 @@ def _write(res: dict, args: argparse.Namespace, load: CpuLoad, t_all: float) -> 
     for path, render in ((args.json, None), (args.markdown, render_markdown)):
         if path:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            with open(path + ".tmp", "w") as f:
+            with atomic_write(path, "w") as f:
                 if render is None:
                     json.dump(res, f, indent=1, default=str)
                 else:
                     f.write(render(res))
-            os.replace(path + ".tmp", path)
 
 
 def _release(device: str) -> None:

@@ -229,15 +229,11 @@ def _export(opt: argparse.Namespace) -> dict:
         else:
             import onnx
 
-            tmp = out + ".fp32.tmp.onnx"
-            try:
+            from .utils.files import atomic_path
+
+            with atomic_path(out, suffix=".fp32.tmp.onnx") as tmp:
                 export_onnx(model, tmp, **kwargs)
-                mixed = mixed_precision_onnx(tmp, precision)
-                onnx.save(mixed, tmp)
-                os.replace(tmp, out)
-            finally:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
+                onnx.save(mixed_precision_onnx(tmp, precision), tmp)
         summary["operators"] = sorted(check_onnx_graph_ops(out))
         return summary
     onnx_path = os.path.abspath(opt.onnx_path) if opt.onnx_path else os.path.splitext(out)[0] + ".onnx"
@@ -355,12 +351,12 @@ def _bench_infer(opt: argparse.Namespace) -> dict:
             compile_mode=opt.compile_mode,
         )
     text = benchmark_markdown(report)
+    from .utils.files import atomic_write_text
+
     if opt.json:
-        with open(opt.json, "w") as f:
-            json.dump(report, f, indent=1)
+        atomic_write_text(opt.json, json.dumps(report, indent=1))
     if opt.markdown:
-        with open(opt.markdown, "w") as f:
-            f.write(text)
+        atomic_write_text(opt.markdown, text)
     print(text, end="")
     return report
 

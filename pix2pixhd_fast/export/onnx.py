@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..utils.files import replace_with, temp_path_beside
 from .graph import InferenceGraph, model_encoding, portable_ops
 
 __all__ = [
@@ -328,10 +329,8 @@ def export_onnx(
     names = graph.input_names
     axes = {0: "batch", 2: "height", 3: "width"}
     dynamic_axes = {name: axes for name in [*names, "image"]} if dynamic else None
-    folder = os.path.dirname(os.path.abspath(path))
-    # Written beside the target, then renamed: no half-written model at ``path``. Not tempfile.mkstemp: its
-    # 0600 mode would stick to the result; this file gets the usual umask-based mode.
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp.onnx")
+    # Written beside the target, then renamed: no half-written model at ``path``.
+    tmp = temp_path_beside(path, suffix=".tmp.onnx")
     try:
         positional = _Positional(graph)
         # Restore each module's own mode afterwards (a fresh InferenceGraph is in training mode while the
@@ -386,7 +385,7 @@ def export_onnx(
                 raise ONNXVerificationError(
                     f"export_onnx: onnxruntime output differs from PyTorch by {diff:.3g} (> atol={atol:g})"
                 )
-        os.replace(tmp, path)
+        replace_with(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -62,6 +62,7 @@ from typing import Any
 
 import torch
 
+from ..utils.files import atomic_write_bytes
 from .onnx import METADATA_PREFIX, check_output_path
 
 __all__ = [
@@ -480,20 +481,6 @@ def sidecar_path(engine_path: str | os.PathLike) -> str:
     return os.fspath(engine_path) + ".json"
 
 
-def _atomic_write(path: str, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, flush it to disk, then rename it over ``path``."""
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 _TENSOR_KEYS = {"name", "dtype", "shape"}
 _TORCH_DTYPES = {
     "float32": torch.float32,
@@ -511,7 +498,7 @@ def write_sidecar(engine_path: str | os.PathLike, info: Mapping[str, Any]) -> st
     """Write ``info`` (validated as :func:`read_sidecar` would) as ``<engine_path>.json``, atomically; returns it."""
     info = _validate_sidecar(dict(info), sidecar_path(engine_path))
     path = sidecar_path(engine_path)
-    _atomic_write(path, (json.dumps(info, indent=1, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(path, (json.dumps(info, indent=1, sort_keys=True) + "\n").encode())
     return path
 
 
@@ -679,7 +666,7 @@ def _timing_cache(trt: ModuleType, config: Any, path: str | None) -> Iterator[No
         cache = config.create_timing_cache(b"")
         config.set_timing_cache(cache, False)
     yield
-    _atomic_write(path, bytes(memoryview(config.get_timing_cache().serialize())))
+    atomic_write_bytes(path, bytes(memoryview(config.get_timing_cache().serialize())))
 
 
 def build_engine(
@@ -820,7 +807,7 @@ def build_engine(
     }
     _validate_sidecar(info, sidecar_path(engine_path))
     # Engine first, then its description: a description never names an engine that is not there.
-    _atomic_write(engine_path, data)
+    atomic_write_bytes(engine_path, data)
     write_sidecar(engine_path, info)
     return info
 

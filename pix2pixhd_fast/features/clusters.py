@@ -29,7 +29,6 @@ from __future__ import annotations
 import math
 import os
 import pickle
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..utils.files import atomic_write
 from .encode import FeatureBank
 
 __all__ = [
@@ -158,17 +158,8 @@ class FeatureClusters:
             arrays[f"counts_{label}"] = (
                 self.counts[label] if self.counts is not None else np.full(c.shape[0], -1, np.int64)
             )
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".clusters.", suffix=".tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as f:  # a file object: np.savez would append '.npz' to a name
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        with atomic_write(path, "wb") as f:  # a file object: np.savez would append '.npz' to a name
+            np.savez(f, **arrays)
         return path
 
     @classmethod

@@ -8,7 +8,6 @@ reproduces the reference's ``--load_pretrain`` graft (e.g. a trained GlobalGener
 from __future__ import annotations
 
 import os
-import tempfile
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,6 +15,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from ..utils.files import atomic_write
 
 __all__ = [
     "CheckpointMismatchError",
@@ -242,36 +243,13 @@ def save_pix2pixhd_checkpoint(net: nn.Module, path: str | os.PathLike) -> Path:
 
 
 def atomic_save(obj: object, path: str | os.PathLike) -> Path:
-    """``torch.save(obj)`` to ``path`` atomically: a temporary file in the same directory, flushed to disk, then
-    renamed over ``path`` (and the rename made durable where the file system allows). A crash or kill at any
-    moment leaves either the previous file or the new one, never a truncated file. Returns the path."""
+    """``torch.save(obj)`` to ``path`` atomically (:func:`pix2pixhd_fast.utils.files.atomic_write`): a crash, a
+    kill or a full disk at any moment leaves either the previous file or the new one, never a truncated file;
+    a failed write raises :class:`~pix2pixhd_fast.utils.files.AtomicWriteError` naming the file and saying
+    that the previous file is unchanged. Returns the path."""
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"checkpoint path is a directory: {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp creates the file 0600; give it the permissions a plain open() would (0666 minus the umask).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename durable; not possible on every platform / file system
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return path
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+    with atomic_write(path, "wb") as f:
+        torch.save(obj, f)
     return path

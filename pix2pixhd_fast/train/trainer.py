@@ -32,6 +32,7 @@ from ..data import Pix2PixHDDataset, colorize_label, make_dataloader, to_uint8_i
 from ..models.checkpoint import atomic_save, load_pix2pixhd_checkpoint, save_pix2pixhd_checkpoint
 from ..models.pix2pixhd import Pix2PixHDModel
 from ..options import save_options
+from ..utils.files import atomic_write
 from .distributed import DistInfo, cleanup_distributed, init_distributed
 from .schedule import fixes_global, learning_rate, total_epochs, trainable_generator_params
 from .visualizer import Visualizer
@@ -338,9 +339,8 @@ class Trainer:
         if self.device.type == "cuda":
             state["rng"]["cuda"] = torch.cuda.get_rng_state(self.device)
         atomic_save(state, os.path.join(self.folder, f"{which_epoch}_train_state.pt"))
-        tmp = os.path.join(self.folder, "iter.txt.tmp")
-        np.savetxt(tmp, (p.epoch, p.epoch_iter), delimiter=",", fmt="%d")
-        os.replace(tmp, os.path.join(self.folder, "iter.txt"))
+        with atomic_write(os.path.join(self.folder, "iter.txt"), "wb") as f:
+            np.savetxt(f, (p.epoch, p.epoch_iter), delimiter=",", fmt="%d")
 
     # ---------------------------------------------------------------------------------------------------------
     # One iteration

@@ -15,15 +15,15 @@ from collections.abc import Mapping
 import numpy as np
 from PIL import Image
 
+from ..utils.files import atomic_write, atomic_write_text
+
 __all__ = ["Visualizer", "write_html_page", "save_image"]
 
 
 def save_image(array: np.ndarray, path: str) -> None:
-    """Save an ``HxWx3`` (or ``HxW``) uint8 array as PNG, atomically (temp file + rename)."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    Image.fromarray(array).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    """Save an ``HxWx3`` (or ``HxW``) uint8 array as PNG, atomically (a reader never sees half an image)."""
+    with atomic_write(path, "wb") as f:
+        Image.fromarray(array).save(f, format="PNG")
 
 
 def write_html_page(
@@ -54,10 +54,7 @@ def write_html_page(
             )
         out.append("</div>")
     out.append("</body></html>")
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("\n".join(out))
-    os.replace(tmp, path)
+    atomic_write_text(path, "\n".join(out))
 
 
 class Visualizer:
