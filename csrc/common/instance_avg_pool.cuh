@@ -556,6 +556,67 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// ---------------------------------------------------------------------------------------------------
+// Deterministic variant (torch.use_deterministic_algorithms(True)): the kernels above add floats with
+// atomics, so the order of the additions, and with it the last bits of a mean, varies from run to run.
+// Here every image's pixels are sorted by key (a stable sort, which is deterministic), one warp owns each
+// run of equal keys and sums it in a fixed order (lane l takes elements l, l+32, ...; then a fixed
+// butterfly), so the result is bitwise the same on every run. Slower (a sort and gathered loads), and a
+// very large region is summed by one warp, but exact reproducibility is what the mode asks for.
+
+// keys[i] = id_key(ids[i]) as int64, for the sort. 1-D grid-stride loop (no grid-size limit).
+template <typename id_t>
+__global__ void __launch_bounds__(kThreads)
+    id_keys_kernel(const id_t* __restrict__ ids, int64_t total, int64_t* __restrict__ keys) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < total; i += stride)
+    keys[i] = static_cast<int64_t>(id_key(ids[i]));
+}
+
+// sorted_keys, perm: [N, H*W], each row sorted (perm: the pixel index of each sorted element). Warp w
+// (grid-stride) looks at sorted position w of the flattened [N, H*W]; when it starts a run of equal keys,
+// the warp finds the run's end, and for each channel sums the run's features in a fixed order and writes
+// the mean to every pixel of the run. Every warp-level branch depends only on w: the warp stays converged.
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    sorted_mean_kernel(const int64_t* __restrict__ sorted_keys, const int64_t* __restrict__ perm,
+                       const scalar_t* __restrict__ feat, int64_t n_img, int64_t hw, int channels,
+                       bool channels_last, scalar_t* __restrict__ out) {
+  const int lane = lane_id();
+  const int64_t warps_total = static_cast<int64_t>(gridDim.x) * (kThreads / 32);
+  const int64_t total = n_img * hw;
+  for (int64_t w = static_cast<int64_t>(blockIdx.x) * (kThreads / 32) + threadIdx.x / 32; w < total;
+       w += warps_total) {
+    const int64_t n = w / hw;
+    const int64_t start = w - n * hw;
+    const int64_t* k = sorted_keys + n * hw;
+    const int64_t key = k[start];
+    if (start > 0 && k[start - 1] == key) continue;  // not the first element of its run
+    int64_t end = start + 1;
+    while (true) {  // the run ends at the first different key (rows are sorted) or at the row's end
+      const int64_t i = end + lane;
+      const unsigned b = __ballot_sync(kFullMask, i >= hw || k[i] != key);
+      if (b) {
+        end += __ffs(b) - 1;
+        break;
+      }
+      end += 32;
+    }
+    const int64_t* pm = perm + n * hw;
+    const acc_t count = static_cast<acc_t>(end - start);
+    for (int c = 0; c < channels; ++c) {
+      auto idx = [&](int64_t p) {
+        return channels_last ? (n * hw + p) * channels + c : (n * channels + c) * hw + p;
+      };
+      acc_t s = acc_t(0);
+      for (int64_t i = start + lane; i < end; i += 32) s += static_cast<acc_t>(feat[idx(pm[i])]);
+      s = warp_sum(s);  // a fixed butterfly: every lane ends with the same bits
+      const scalar_t m = static_cast<scalar_t>(div_rn(s, count));
+      for (int64_t i = start + lane; i < end; i += 32) out[idx(pm[i])] = m;
+    }
+  }
+}
+
 #endif  // __CUDACC__
 
 }  // namespace iap

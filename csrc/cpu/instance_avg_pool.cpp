@@ -191,7 +191,9 @@ void pool_cpu(const at::Tensor& feat, const at::Tensor& ids, at::Tensor& out, bo
     for (int64_t n = n0; n < n1; ++n) build_runs(id + n * hw, hw, runs[n]);
   });
 
-  // Pixel chunks per image so that a few tasks exist per thread even for one image.
+  // Pixel chunks per image so that a few tasks exist per thread even for one image. The partition depends
+  // only on the sizes and the thread count and the chunk sums are added in chunk order, so results are
+  // bitwise reproducible run to run (torch.use_deterministic_algorithms needs nothing more here).
   const int64_t threads = at::get_num_threads();
   const int64_t want = n_img >= 2 * threads ? 1 : (2 * threads + n_img - 1) / n_img;
   const int64_t chunks = std::max<int64_t>(1, std::min(want, hw / kMinChunk));

@@ -110,6 +110,34 @@ void launch(const at::Tensor& feat, const at::Tensor& ids, at::Tensor& out, bool
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// The deterministic path (see the comment above sorted_mean_kernel in common/instance_avg_pool.cuh).
+template <typename scalar_t, typename acc_t, typename id_t>
+void launch_sorted(const at::Tensor& feat, const at::Tensor& ids, at::Tensor& out, bool channels_last) {
+  using namespace iap;
+  const int64_t n = feat.size(0);
+  const int64_t hw = feat.size(2) * feat.size(3);
+  const int64_t total = n * hw;
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  at::Tensor keys = at::empty({n, hw}, ids.options().dtype(at::kLong));
+  const int64_t key_blocks = std::min<int64_t>((total + kThreads - 1) / kThreads, 65536);
+  id_keys_kernel<id_t><<<static_cast<unsigned>(key_blocks), kThreads, 0, stream>>>(
+      ids.const_data_ptr<id_t>(), total, keys.mutable_data_ptr<int64_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  // Stable sort of each image's row: equal keys become adjacent runs, in a reproducible order.
+  auto [sorted, perm] = at::sort(keys, /*stable=*/true, /*dim=*/1, /*descending=*/false);
+  sorted = sorted.contiguous();
+  perm = perm.contiguous();
+  const int64_t warps_per_block = kThreads / 32;
+  const int64_t mean_blocks = std::min<int64_t>((total + warps_per_block - 1) / warps_per_block, 65536);
+  sorted_mean_kernel<scalar_t, acc_t><<<static_cast<unsigned>(mean_blocks), kThreads, 0, stream>>>(
+      sorted.const_data_ptr<int64_t>(), perm.const_data_ptr<int64_t>(), feat.const_data_ptr<scalar_t>(), n, hw,
+      static_cast<int>(feat.size(1)), channels_last, out.mutable_data_ptr<scalar_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Images per launch of the tiled path: its kernels put the image index in grid.y (at most 65535).
+constexpr int64_t kMaxImagesPerLaunch = 65535;
+
 }  // namespace
 
 at::Tensor instance_avg_pool_cuda(const at::Tensor& feat, const at::Tensor& inst) {
@@ -127,16 +155,27 @@ at::Tensor instance_avg_pool_cuda(const at::Tensor& feat, const at::Tensor& inst
   if (out.numel() == 0) return out;
   const int64_t hw = feat.size(2) * feat.size(3);
   TORCH_CHECK(hw <= (int64_t{1} << 30), "instance_avg_pool: H*W must be at most 2^30, got ", num(hw));
-  TORCH_CHECK(feat.size(0) <= 65535, "instance_avg_pool: at most 65535 images per call, got ", num(feat.size(0)));
   // Channel indices are int in the kernels (channel loops step by kThreads past C).
   TORCH_CHECK(feat.size(1) <= (int64_t{1} << 30), "instance_avg_pool: at most 2^30 channels, got ",
               num(feat.size(1)));
   const at::Tensor x = feat.contiguous(fmt);
+  // torch.use_deterministic_algorithms(True): a fixed summation order instead of float atomics.
+  const bool deterministic = at::globalContext().deterministicAlgorithms();
+  const int64_t n = feat.size(0);
   P2PHD_DISPATCH_ID_TYPES(ids.scalar_type(), "instance_avg_pool_cuda", [&] {
     using id_t = scalar_t;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "instance_avg_pool_cuda", [&] {
       using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-      launch<scalar_t, acc_t, id_t>(x, ids, out, channels_last);
+      if (deterministic) {
+        launch_sorted<scalar_t, acc_t, id_t>(x, ids, out, channels_last);
+        return;
+      }
+      // Images are independent: larger batches run as several launches over views of the batch.
+      for (int64_t n0 = 0; n0 < n; n0 += kMaxImagesPerLaunch) {
+        const int64_t nb = std::min(kMaxImagesPerLaunch, n - n0);
+        at::Tensor out_part = out.narrow(0, n0, nb);
+        launch<scalar_t, acc_t, id_t>(x.narrow(0, n0, nb), ids.narrow(0, n0, nb), out_part, channels_last);
+      }
     });
   });
   return out;
