@@ -97,6 +97,24 @@ def _add_base(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no_channels_last", action="store_true", help="keep NCHW instead of channels-last tensors")
     g.add_argument("--ops", default="fast", choices=["fast", "reference"], help="our fused operators or plain PyTorch")
     g.add_argument("--compile", action="store_true", help="torch.compile the networks")
+    g.add_argument(
+        "--sac",
+        default="on",
+        choices=["on", "off"],
+        help="selective activation checkpointing of G and E (training): keep convolution outputs, recompute norms, "
+        "activations and pads in the backward pass (about half the activation memory)",
+    )
+    g.add_argument(
+        "--cuda_graph",
+        action="store_true",
+        help="capture the whole training iteration in a CUDA graph after a few eager ones (fixed sizes; needs "
+        "--pool_size 0, no fp16, no --compile, no torchrun)",
+    )
+    g.add_argument(
+        "--no_cudnn_benchmark",
+        action="store_true",
+        help="keep cuDNN's heuristic convolution algorithms instead of timing them once per input size",
+    )
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: from --gpu_ids / LOCAL_RANK)")
     g.add_argument("--seed", type=int, default=0, help="seed of weights, data order, crops and flips")
     g.add_argument("--num_threads", type=int, default=0, help="torch CPU threads (0: torch's default)")

@@ -34,6 +34,8 @@ from ..models.pix2pixhd import Pix2PixHDModel
 from ..options import save_options
 from ..utils.files import atomic_write
 from .distributed import DistInfo, cleanup_distributed, init_distributed
+from .graphs import GraphedTrainStep, check_cuda_graph_options, set_learning_rate
+from .memory import enable_selective_checkpointing
 from .schedule import fixes_global, learning_rate, total_epochs, trainable_generator_params
 from .visualizer import Visualizer
 
@@ -81,10 +83,20 @@ def resolve_amp(amp: str | None, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if amp == "bf16" else torch.float16
 
 
-def make_adam(params, lr: float, beta1: float, device: torch.device, fused: str = "auto") -> torch.optim.Optimizer:
+def make_adam(
+    params, lr: float, beta1: float, device: torch.device, fused: str = "auto", capturable: bool = False
+) -> torch.optim.Optimizer:
     """Adam(lr, betas=(beta1, 0.999)) with a fused step: apex FusedAdam when asked (or ``auto`` and importable on
-    CUDA), else torch's fused implementation (CUDA and CPU), else the for-each loop (``off``)."""
+    CUDA), else torch's fused implementation (CUDA and CPU), else the for-each loop (``off``).
+
+    ``capturable`` (CUDA graphs): torch's fused Adam with its step counters and learning rate on the device, so
+    that a captured step reads the current rate (see :func:`~pix2pixhd_fast.train.graphs.set_learning_rate`)."""
     params = list(params)
+    if capturable:
+        if device.type != "cuda":
+            raise ValueError(f"a capturable optimizer needs a CUDA device, got {device}")
+        lr_t = torch.tensor(float(lr), device=device)
+        return torch.optim.Adam(params, lr=lr_t, betas=(beta1, 0.999), fused=True, capturable=True)
     if fused in ("auto", "apex") and device.type == "cuda":
         try:
             from apex.optimizers import FusedAdam  # optional: not on the package index
@@ -190,6 +202,17 @@ class Trainer:
         self.model.check_inputs = False  # the dataset checks labels on load; no host sync per iteration
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        if opt.cuda_graph:
+            check_cuda_graph_options(opt, self.device, self.amp_dtype, self.dist.enabled)
+        if self.device.type == "cuda":
+            # Training sizes are fixed, so timing the convolution algorithms once per size pays for itself.
+            torch.backends.cudnn.benchmark = not opt.no_cudnn_benchmark
+        if opt.sac == "on":
+            # G and E only: D's layer outputs are kept anyway (the feature-matching loss reads them), so
+            # checkpointing D would recompute without saving memory.
+            for net in (self.model.netG, self.model.netE):
+                if net is not None:
+                    enable_selective_checkpointing(net)
         self.progress = Progress()
         state = self._load_checkpoints()
         self.fix_global = fixes_global(self.progress.epoch, opt)
@@ -198,6 +221,7 @@ class Trainer:
         if state is not None:
             self._restore_state(state)
         self._wrap()
+        self.graphed = GraphedTrainStep(self) if opt.cuda_graph else None
         self.visualizer = Visualizer(
             self.folder,
             enabled=self.is_main,
@@ -270,8 +294,9 @@ class Trainer:
         g_params = trainable_generator_params(self.model.netG, opt, self.fix_global)
         if self.model.netE is not None:
             g_params += list(self.model.netE.parameters())
-        self.optimizer_G = make_adam(g_params, lr, opt.beta1, self.device, opt.fused_adam)
-        self.optimizer_D = make_adam(self.model.netD.parameters(), lr, opt.beta1, self.device, opt.fused_adam)
+        cap = opt.cuda_graph
+        self.optimizer_G = make_adam(g_params, lr, opt.beta1, self.device, opt.fused_adam, cap)
+        self.optimizer_D = make_adam(self.model.netD.parameters(), lr, opt.beta1, self.device, opt.fused_adam, cap)
 
     def _wrap(self) -> None:
         """DDP and torch.compile wrappers around the networks (the model keeps the raw modules in ``raw``)."""
@@ -356,10 +381,20 @@ class Trainer:
 
     def train_step(self, batch: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """One iteration: forward, G step, D step. Returns the loss terms (device tensors, no sync) and the
-        generated images."""
+        generated images (under ``--cuda_graph``: the graph's outputs, overwritten by the next step)."""
+        graphed = getattr(self, "graphed", None)
+        if graphed is not None:
+            return graphed(batch)
+        return self.eager_step(batch)
+
+    def eager_step(self, batch: dict, autocast_cache: bool = True) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """:meth:`train_step` launched op by op (``autocast_cache=False`` while a CUDA graph captures it)."""
         label, inst, image, feat = self._to_device(batch)
         with torch.autocast(
-            self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+            self.device.type,
+            dtype=self.amp_dtype or torch.float32,
+            enabled=self.amp_dtype is not None,
+            cache_enabled=autocast_cache,
         ):
             terms, fake = self.model.compute_losses(
                 label, inst, image, feat, dtype=self.input_dtype, channels_last=self.channels_last
@@ -375,8 +410,7 @@ class Trainer:
 
     def _set_lr(self, lr: float) -> None:
         for o in (self.optimizer_G, self.optimizer_D):
-            for g in o.param_groups:
-                g["lr"] = lr
+            set_learning_rate(o, lr)
 
     def _visuals(self, batch: dict, fake: torch.Tensor) -> dict[str, np.ndarray]:
         opt = self.opt
@@ -475,7 +509,9 @@ class Trainer:
         g_params = trainable_generator_params(self.model.netG, self.opt, False)
         if self.model.netE is not None:
             g_params += list(self.model.netE.parameters())
-        self.optimizer_G = make_adam(g_params, lr, self.opt.beta1, self.device, self.opt.fused_adam)
+        self.optimizer_G = make_adam(
+            g_params, float(lr), self.opt.beta1, self.device, self.opt.fused_adam, self.opt.cuda_graph
+        )
         self._wrap()
         if self.is_main:
             print(f"------------ Now also finetuning global generator (epoch {self.progress.epoch}) -----------")

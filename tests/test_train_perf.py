@@ -1,0 +1,251 @@
+"""Training-step performance features: selective activation checkpointing (same losses and gradients, fewer
+bytes kept for the backward pass), the saved-bytes meter, the whole-step CUDA graph (same losses and weights as
+eager; CUDA only) and their options.
+
+Sizes are tiny (64x32 .. 64x128, ngf/ndf 8) and everything runs on the CPU except the CUDA-graph comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+from pix2pixhd_fast.models.networks import define_D, define_G
+from pix2pixhd_fast.models.pix2pixhd import Pix2PixHDModel
+from pix2pixhd_fast.options import parse_train
+from pix2pixhd_fast.train import Trainer
+from pix2pixhd_fast.train.graphs import GraphedTrainStep, check_cuda_graph_options, set_learning_rate
+from pix2pixhd_fast.train.memory import (
+    SavedTensorsMeter,
+    disable_selective_checkpointing,
+    enable_selective_checkpointing,
+    has_selective_checkpointing,
+)
+
+from .conftest import HAS_CUDA
+from .test_train import FEAT, tiny_args
+
+pytestmark = pytest.mark.usefixtures("restore_threads")
+
+LABEL_NC = 35
+
+
+def _model(ops: str, *extra: str) -> Pix2PixHDModel:
+    opt = parse_train(
+        ["--label_nc", str(LABEL_NC), "--no_vgg_loss", "--ngf", "8", "--ndf", "8", "--n_blocks_global", "2"]
+        + ["--n_downsample_global", "2", "--num_D", "2", "--ops", ops, "--device", "cpu", *extra]
+    )
+    m = Pix2PixHDModel(opt, is_train=True)
+    m.check_inputs = False
+    return m
+
+
+def _batch(seed: int, h: int = 64, w: int = 128) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    label = torch.randint(0, LABEL_NC, (1, 1, h, w), generator=g, dtype=torch.uint8)
+    inst = torch.randint(0, 6, (1, 1, h, w), generator=g, dtype=torch.int32) + 26000
+    image = torch.rand(1, 3, h, w, generator=g) * 2 - 1
+    return {"label": label, "inst": inst, "image": image}
+
+
+def _losses_and_grads(m: Pix2PixHDModel, b: dict, autocast: bool, channels_last: bool):
+    for p in m.parameters():
+        p.grad = None
+    dt = torch.bfloat16 if autocast else torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        terms, fake = m.compute_losses(b["label"], b["inst"], b["image"], dtype=dt, channels_last=channels_last)
+    (terms.loss_G + terms.loss_D).backward()
+    losses = torch.stack([v.detach().float() for v in terms.as_dict().values()])
+    return losses, {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}, fake.detach()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Selective activation checkpointing
+
+
+@pytest.mark.parametrize(
+    "ops,netG,autocast",
+    [("fast", "global", False), ("reference", "global", False), ("fast", "local", False), ("fast", "global", True)],
+)
+def test_sac_gives_the_same_losses_and_gradients(seed, ops, netG, autocast):  # noqa: N803
+    torch.set_num_threads(1)
+    plain = _model(ops, "--netG", netG, *FEAT)
+    sac = copy.deepcopy(plain)
+    for net in (sac.netG, sac.netE):
+        enable_selective_checkpointing(net)
+    assert has_selective_checkpointing(sac.netG) and not has_selective_checkpointing(plain.netG)
+    cl = autocast
+    if cl:
+        plain.to(memory_format=torch.channels_last)
+        sac.to(memory_format=torch.channels_last)
+    b = _batch(seed)
+    la, ga, fa = _losses_and_grads(plain, b, autocast, cl)
+    lb, gb, fb = _losses_and_grads(sac, b, autocast, cl)
+    # The recomputation runs the same kernels on the same inputs: the results are bitwise equal.
+    assert torch.equal(fa, fb)
+    assert torch.equal(la, lb), (la, lb)
+    assert ga.keys() == gb.keys() and len(ga) == sum(1 for _ in plain.parameters())
+    bad = [n for n in ga if not torch.equal(ga[n], gb[n])]
+    assert not bad, f"gradients differ: {bad[:5]}"
+
+
+def test_sac_keeps_state_dict_keys_and_can_be_undone():
+    g = define_G(36, 3, 8, "local", 2, 1, 1, 1)
+    keys = list(g.state_dict().keys())
+    relus = [m for m in g.modules() if isinstance(m, nn.ReLU)]
+    enable_selective_checkpointing(g)
+    assert list(g.state_dict().keys()) == keys
+    assert has_selective_checkpointing(g)
+    disable_selective_checkpointing(g)
+    assert not has_selective_checkpointing(g)
+    assert not any("forward" in m.__dict__ for m in g.modules())
+    assert all(m.inplace for m in relus)  # the activations SAC ran out of place are in place again
+
+
+@pytest.mark.parametrize("ops", ["fast", "reference"])
+def test_sac_halves_the_generator_bytes_saved_for_backward(seed, ops):
+    torch.set_num_threads(1)
+    # Few input channels, as in a real G whose layers dwarf its input (a region keeps its input: at this tiny
+    # width, 36 input channels would weigh as much as all the feature maps).
+    g = define_G(4, 3, 8, "global", 2, 2, ops=ops)
+    x = torch.randn(1, 4, 64, 128)
+
+    def saved(net) -> int:
+        with SavedTensorsMeter(exclude=net.parameters()) as meter:
+            net(x).float().square().mean().backward()
+        return meter.bytes
+
+    plain = saved(g)
+    enable_selective_checkpointing(g)
+    with_sac = saved(g)
+    # Plain autograd keeps about two feature maps per conv layer (its input and the norm's input), SAC keeps
+    # the conv output and each region's input: at most ~0.55 of the plain bytes, whatever the op set.
+    assert with_sac <= 0.55 * plain, (with_sac, plain)
+    # The kept conv outputs are counted: the bytes are at least those of every conv output of G.
+    conv_out = []
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, o: conv_out.append(o.nbytes))
+        for m in g.modules()
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))
+    ]
+    with torch.no_grad():
+        g(x)
+    for h in hooks:
+        h.remove()
+    assert with_sac >= sum(conv_out[:-1])  # all but the output conv (tanh keeps its output, not the conv's)
+
+
+def test_saved_tensors_meter_counts_distinct_storages():
+    w = nn.Parameter(torch.randn(64, 64))
+    x = torch.randn(32, 64, requires_grad=True)
+    with SavedTensorsMeter(exclude=[w]) as meter:
+        y = x @ w  # saves x and w (w excluded)
+        z = torch.sin(x)  # saves x again: counted once
+        e = torch.exp(y)  # saves its output
+        (e.sum() + z.sum()).backward()
+    assert meter.tensors == 2
+    assert meter.bytes == x.nbytes + e.nbytes
+    with SavedTensorsMeter() as meter, torch.no_grad():
+        torch.exp(x)
+    assert meter.bytes == 0
+
+
+def test_trainer_sac_option_trains_identically(data, tmp_path):
+    base = tiny_args(data, tmp_path, "x", "--max_iters", "2", "--serial_batches", "--no_flip", *FEAT)
+    on = Trainer(parse_train([*base, "--name", "on", "--sac", "on"]))
+    off = Trainer(parse_train([*base, "--name", "off", "--sac", "off"]))
+    assert has_selective_checkpointing(on.raw["G"]) and has_selective_checkpointing(on.raw["E"])
+    assert not has_selective_checkpointing(on.raw["D"])
+    assert not has_selective_checkpointing(off.raw["G"])
+    a, b = on.train(), off.train()
+    assert a["last_losses"] == b["last_losses"]
+    for k in on.raw:
+        sa, sb = on.raw[k].state_dict(), off.raw[k].state_dict()
+        assert all(torch.equal(sa[n], sb[n]) for n in sa), k
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Options, CUDA graph checks
+
+
+def test_performance_options_parse():
+    d = parse_train([])
+    assert d.sac == "on" and d.cuda_graph is False and d.no_cudnn_benchmark is False
+    o = parse_train(["--sac", "off", "--cuda_graph", "--no_cudnn_benchmark"])
+    assert o.sac == "off" and o.cuda_graph is True and o.no_cudnn_benchmark is True
+    with pytest.raises(SystemExit):
+        parse_train(["--sac", "maybe"])
+
+
+def test_cuda_graph_option_errors_name_the_problem():
+    ok = argparse.Namespace(pool_size=0, compile=False)
+    cuda = torch.device("cuda")
+    check_cuda_graph_options(ok, cuda, torch.bfloat16, False)
+    cases = [
+        ((ok, torch.device("cpu"), None, False), "needs a CUDA device"),
+        ((ok, cuda, torch.float16, False), "--amp fp16"),
+        ((argparse.Namespace(pool_size=50, compile=False), cuda, None, False), "--pool_size 0"),
+        ((argparse.Namespace(pool_size=0, compile=True), cuda, None, False), "--compile"),
+        ((ok, cuda, None, True), "torchrun"),
+    ]
+    for args, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            check_cuda_graph_options(*args)
+
+
+def test_cuda_graph_on_cpu_is_rejected_before_training(data, tmp_path):
+    with pytest.raises(ValueError, match="--cuda_graph needs a CUDA device"):
+        Trainer(parse_train(tiny_args(data, tmp_path, "g", "--cuda_graph")))
+
+
+def test_set_learning_rate_float_and_loaded_tensor_rates():
+    p = nn.Parameter(torch.zeros(3))
+    o = torch.optim.Adam([p], lr=1e-3)
+    set_learning_rate(o, 5e-4)
+    assert o.param_groups[0]["lr"] == 5e-4
+    # A state saved by a capturable run brings a tensor rate; a non-capturable optimizer gets a float back.
+    o.param_groups[0]["lr"] = torch.tensor(1e-3)
+    set_learning_rate(o, 2e-4)
+    assert isinstance(o.param_groups[0]["lr"], float) and o.param_groups[0]["lr"] == 2e-4
+    with pytest.raises(ValueError, match="capturable"):
+        GraphedTrainStep(argparse.Namespace(optimizer_G=o, optimizer_D=o))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("amp", ["off", "bf16"])
+def test_cuda_graph_step_matches_eager(data, tmp_path, amp):
+    """Six iterations eager vs. graphed (3 eager warm-ups, capture, 3 replays): same losses and weights."""
+    torch.backends.cudnn.deterministic = True
+    try:
+        args = tiny_args(data, tmp_path, "g", "--serial_batches", "--no_flip", "--device", "cuda", amp=amp)
+        args += ["--no_cudnn_benchmark", "--max_iters", "6", "--niter", "3", "--niter_decay", "3"]
+        eager = Trainer(parse_train([*args, "--name", "eager"]))
+        graphed = Trainer(parse_train([*args, "--name", "graphed", "--cuda_graph"]))
+        assert graphed.graphed is not None and eager.graphed is None
+        seen: dict[str, list] = {"eager": [], "graphed": []}
+        for name, t in (("eager", eager), ("graphed", graphed)):
+            step = t.train_step
+
+            def rec(batch, step=step, name=name):
+                losses, fake = step(batch)
+                seen[name].append(torch.stack([v.detach().float() for v in losses.values()]).cpu())
+                return losses, fake
+
+            t.train_step = rec
+            t.train()
+        assert graphed.graphed.captures == 1 and graphed.graphed.graph is not None
+        assert len(seen["eager"]) == len(seen["graphed"]) == 6
+        tol = dict(rtol=1e-4, atol=1e-5) if amp == "off" else dict(rtol=2e-2, atol=2e-3)
+        for i, (a, b) in enumerate(zip(seen["eager"], seen["graphed"], strict=True)):
+            torch.testing.assert_close(b, a, **tol, msg=lambda m, i=i: f"step {i + 1}: {m}")
+        for k in eager.raw:
+            sa, sb = eager.raw[k].state_dict(), graphed.raw[k].state_dict()
+            for n in sa:
+                torch.testing.assert_close(sb[n], sa[n], **tol, msg=lambda m, k=k, n=n: f"{k}.{n}: {m}")
+    finally:
+        torch.backends.cudnn.deterministic = False
