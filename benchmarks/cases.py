@@ -11,39 +11,42 @@ backward is timed) and ``run(state)`` (timed).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import targets
 import torch
+import torch.nn.functional as F
 
 from pix2pixhd_fast import ops, reference
+from pix2pixhd_fast.data.synthetic import render_scene
 
 LABEL_NC = 35  # Cityscapes label ids 0..33 (+1 spare), as pix2pixHD's cityscapes setting
 EPS = 1e-5
 
 # Sizes from DESIGN.md ("cpu", "gpu") and a tiny set for smoke tests.
 SIZES: dict[str, dict[str, Any]] = {
-    "cpu": {"norm": (1, 64, 256, 512), "pool": (1, 3, 256, 512), "ids": (1, 256, 512), "instances": 60},
-    "gpu": {"norm": (1, 64, 1024, 2048), "pool": (1, 3, 1024, 2048), "ids": (1, 1024, 2048), "instances": 60},
-    "tiny": {"norm": (1, 8, 16, 24), "pool": (1, 3, 24, 32), "ids": (1, 24, 32), "instances": 6},
+    "cpu": {"norm": (1, 64, 256, 512), "pool": (1, 3, 256, 512), "ids": (1, 256, 512)},
+    "gpu": {"norm": (1, 64, 1024, 2048), "pool": (1, 3, 1024, 2048), "ids": (1, 1024, 2048)},
+    "tiny": {"norm": (1, 8, 16, 24), "pool": (1, 3, 24, 32), "ids": (1, 24, 32)},
 }
 
 
-def register_size(name: str, height: int, width: int, channels: int = 64, instances: int = 60) -> str:
+def register_size(name: str, height: int, width: int, channels: int = 64) -> str:
     """Add a size set ``name`` (norm 1xCxHxW, pool 1x3xHxW, ids 1xHxW) for the case builders; returns ``name``.
 
     The scaling benchmark (run_scaling.py) builds the same cases at several resolutions this way.
     """
-    if height < 1 or width < 1 or channels < 1 or instances < 1:
-        raise ValueError(f"register_size: sizes must be positive, got {height}x{width}, C={channels}, {instances=}")
+    if height < 1 or width < 1 or channels < 1:
+        raise ValueError(f"register_size: sizes must be positive, got {height}x{width}, C={channels}")
     SIZES[name] = {
         "norm": (1, channels, height, width),
         "pool": (1, 3, height, width),
         "ids": (1, height, width),
-        "instances": instances,
     }
     return name
 
@@ -56,79 +59,30 @@ _DT_NAME = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"
 # Cityscapes-like scenes
 
 
-# Cityscapes label ids of the classes drawn (all < LABEL_NC).
-ROAD, SIDEWALK, BUILDING, VEGETATION, SKY = 7, 8, 11, 21, 23
-PERSON, RIDER, CAR, TRUCK, BICYCLE = 24, 25, 26, 27, 33
-_THINGS = ((CAR, 0.5), (PERSON, 0.25), (BICYCLE, 0.1), (RIDER, 0.08), (TRUCK, 0.07))
+@functools.lru_cache(maxsize=64)
+def _scene(h: int, w: int, seed: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+    label, inst, _image = render_scene(np.random.default_rng([seed, b]), w, h)
+    return label, inst
 
 
-def cityscapes_like(n: int, h: int, w: int, instances: int = 60, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Blocky street scenes shaped like Cityscapes label/instance maps, deterministic from ``seed``.
-
-    Big stuff regions (sky, a skyline of buildings and trees, road, sidewalks) whose instance id is the
-    label id, and about ``instances - 5`` things (cars as rectangles, people/riders/bicycles as blobs)
-    with ids ``class * 1000 + k``, smaller towards the horizon, nearer ones drawn over farther ones.
+def street_scenes(n: int, h: int, w: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` street scenes of the package's synthetic data generator (pix2pixhd_fast.data.synthetic), as the
+    label/instance maps the ops take: about 20 instances per scene (stuff ids = label ids, things
+    ``class * 1000 + k``), deterministic from ``seed``; scenes are cached, since a 1024x2048 one takes ~0.7 s.
 
     Returns:
-        ``(label, inst)``: two ``Tensor[N, 1, H, W]`` of int32 on the CPU.
+        ``(label, inst)``: two ``Tensor[N, 1, H, W]`` of int32 on the CPU (H >= 16, W >= 32).
     """
-    labels = np.empty((n, h, w), np.int32)
-    insts = np.empty((n, h, w), np.int32)
-    yy = np.arange(h, dtype=np.float64)[:, None]
-    xx = np.arange(w, dtype=np.float64)[None, :]
-    classes = np.array([c for c, _ in _THINGS])
-    probs = np.array([p for _, p in _THINGS])
-    for b in range(n):
-        rng = np.random.default_rng([seed, b])
-        hz = int(h * rng.uniform(0.38, 0.5))  # horizon row
-        label = np.full((h, w), SKY, np.int32)
-        # Skyline: columns of buildings / trees reaching up to a random height above the horizon.
-        x0 = 0
-        while x0 < w:
-            cw = max(1, int(w * rng.uniform(0.04, 0.16)))
-            top = int(rng.uniform(0.03, 0.9) * hz)
-            label[top:hz, x0 : x0 + cw] = VEGETATION if rng.random() < 0.3 else BUILDING
-            x0 += cw
-        # Ground: road in a trapezoid widening towards the bottom, sidewalks beside it.
-        t = np.clip((yy - hz) / max(1, h - hz), 0.0, 1.0)
-        half = (0.1 + 0.45 * t) * w
-        centre = w * rng.uniform(0.45, 0.55)
-        ground = np.broadcast_to(yy >= hz, (h, w))
-        road = ground & (np.abs(xx - centre) <= half)
-        label[ground] = SIDEWALK
-        label[road] = ROAD
-        inst = label.copy()  # stuff: instance id = label id (the Cityscapes convention)
-        # Things, farthest first so nearer ones occlude them.
-        n_things = max(1, instances - 5)
-        bottoms = np.sort(rng.uniform(hz + 1, h + 0.3 * (h - hz), n_things))
-        counts: dict[int, int] = {}
-        for k in range(n_things):
-            cls = int(rng.choice(classes, p=probs))
-            idx = counts.get(cls, 0)
-            counts[cls] = idx + 1
-            depth = (bottoms[k] - hz) / max(1.0, h - hz)  # 0 at the horizon .. ~1.3 in front
-            if cls in (CAR, TRUCK):
-                bw = max(2, int(w * (0.02 + 0.1 * depth) * rng.uniform(0.7, 1.3)))
-                bh = max(2, int(bw * rng.uniform(0.45, 0.7)))
-            else:
-                bh = max(2, int(h * (0.03 + 0.25 * depth) * rng.uniform(0.7, 1.2)))
-                bw = max(2, int(bh * rng.uniform(0.3, 0.5)))
-            y1 = min(h, int(bottoms[k]))
-            y0 = max(0, y1 - bh)
-            cx = rng.uniform(0, w)
-            xa, xb = max(0, int(cx - bw / 2)), min(w, int(cx + bw / 2) + 1)
-            if y1 <= y0 or xb <= xa:
-                continue
-            if cls in (CAR, TRUCK):
-                mask = np.ones((y1 - y0, xb - xa), bool)
-            else:  # an ellipse blob
-                ey = (np.arange(y0, y1)[:, None] + 0.5 - (y0 + y1) / 2) / max(0.5, (y1 - y0) / 2)
-                ex = (np.arange(xa, xb)[None, :] + 0.5 - cx) / max(0.5, bw / 2)
-                mask = ey * ey + ex * ex <= 1.0
-            label[y0:y1, xa:xb][mask] = cls
-            inst[y0:y1, xa:xb][mask] = cls * 1000 + idx
-        labels[b], insts[b] = label, inst
-    return torch.from_numpy(labels).unsqueeze(1), torch.from_numpy(insts).unsqueeze(1)
+    scenes = [_scene(h, w, seed, b) for b in range(n)]
+    label = np.stack([s[0] for s in scenes]).astype(np.int32)
+    inst = np.stack([s[1] for s in scenes])
+    return torch.from_numpy(label).unsqueeze(1), torch.from_numpy(inst).unsqueeze(1)
+
+
+def cityscapes_like(n: int, h: int, w: int, instances: int | None = None, seed: int = 0):
+    """:func:`street_scenes` under the name run_train.py imports; the instance count follows the generator, so
+    ``instances`` has no effect."""
+    return street_scenes(n, h, w, seed)
 
 
 def count_instances(inst: torch.Tensor) -> int:
@@ -148,6 +102,7 @@ class Impl:
     prepare: Callable[[dict], Any]
     run: Callable[[Any], Any]
     slow: bool = False  # the reference Python loop: timed once or twice only
+    compiled: bool = False  # a torch.compile baseline (left out with run_ops.py --no-compile)
 
 
 @dataclass
@@ -224,12 +179,30 @@ def _bwd_only(fn, arg: str):
     return prepare, run
 
 
-def _impl(name: str, fn, pass_: str, arg: str, slow: bool = False) -> Impl:
+def _impl(name: str, fn, pass_: str, arg: str, slow: bool = False, compiled: bool = False) -> Impl:
     if pass_ == "fwd":
-        return Impl(name, lambda s: s, fn, slow)
+        return Impl(name, lambda s: s, fn, slow, compiled)
     if pass_ == "bwd":
-        return Impl(name, *_bwd_only(fn, arg), slow)
-    return Impl(name, *_grad_of(fn, arg), slow)
+        return Impl(name, *_bwd_only(fn, arg), slow, compiled)
+    return Impl(name, *_grad_of(fn, arg), slow, compiled)
+
+
+COMPILED = "torch.compile(reference)"
+
+
+def _compiled(fn: Callable) -> Callable:
+    """torch.compile of a reference function (static shapes: every input set of a case has the same shape).
+    Compilation happens lazily, in the first (warm-up) calls."""
+    return torch.compile(fn, dynamic=False)
+
+
+def _targets(device: str, sizes: str, op: str, variant: str) -> tuple[dict[str, float], float | None, str]:
+    """The targets of benchmarks/targets.toml that apply: only at the sizes they were set for (gpu on CUDA,
+    cpu on the CPU)."""
+    if (device, sizes) not in (("cuda", "gpu"), ("cpu", "cpu")):
+        return {}, None, ""
+    ratios, floor = targets.op_targets(device, op, variant)
+    return ratios, floor, targets.target_text(ratios, floor)
 
 
 def _lib() -> bool:
@@ -243,9 +216,14 @@ def _lib() -> bool:
 NORM_BASELINE = "nn.InstanceNorm2d+ReLU"
 
 
-def norm_cases(device: str, sizes: str, dtypes, formats, passes) -> list[Case]:
+GROUP_NORM = "F.group_norm(x, C)+ReLU"
+
+
+def norm_cases(device: str, sizes: str, dtypes, formats, passes, compiled: bool = True) -> list[Case]:
+    """instance_norm_relu against ``nn.InstanceNorm2d`` + ReLU (what pix2pixHD writes), ``F.group_norm`` with one
+    group per channel + ReLU (the same maths; on channels-last input it keeps the layout where the module
+    converts to NCHW and back) and torch.compile of the reference."""
     shape = SIZES[sizes]["norm"]
-    on_gpu, real = device == "cuda", sizes != "tiny"
     out = []
     for dt in dtypes:
         for cl in formats:
@@ -260,13 +238,14 @@ def norm_cases(device: str, sizes: str, dtypes, formats, passes) -> list[Case]:
                         "gy": _randn(shape, dt, device, seed + 1, cl),
                     }
 
+                suffix = "" if p == "fwd" else " (autograd)"
                 fast = _impl("fast", lambda s: ops.instance_norm_relu(s["x"], eps=EPS), p, "x")
-                base = _impl(
-                    NORM_BASELINE if p == "fwd" else NORM_BASELINE + " (autograd)",
-                    lambda s, m=module: m(s["x"]),
-                    p,
-                    "x",
-                )
+                base = _impl(NORM_BASELINE + suffix, lambda s, m=module: m(s["x"]), p, "x")
+                group = _impl(GROUP_NORM + suffix, lambda s, c=c: torch.relu(F.group_norm(s["x"], c, eps=EPS)), p, "x")
+                baselines = [base, group]
+                if compiled:
+                    ref = _compiled(lambda x: reference.instance_norm_act(x, eps=EPS))
+                    baselines.append(_impl(COMPILED + suffix, lambda s, f=ref: f(s["x"]), p, "x", compiled=True))
                 kernel = _norm_kernel(p) if _lib() else None
                 nbytes = 3 * _numel(shape) * _ELT[dt]
                 if p == "fwd":
@@ -277,30 +256,100 @@ def norm_cases(device: str, sizes: str, dtypes, formats, passes) -> list[Case]:
                     note = "6 passes: fwd 3 + bwd 3"
                     nbytes *= 2
                 fmt = "CL" if cl else "NCHW"
-                targets, floor_max, text = {}, None, ""
-                if on_gpu and dt == torch.bfloat16 and p == "fwd":
-                    targets = {base.name: 4.0 if cl else 2.0}
-                    floor_max, text = 1.15, f">= {4 if cl else 2}x; <= 1.15x floor"
-                elif on_gpu and dt == torch.bfloat16 and p == "bwd":
-                    targets, floor_max, text = {base.name: 2.0}, 1.2, ">= 2x; <= 1.2x floor"
-                elif not on_gpu and p == "fwd":
-                    targets, text = {base.name: 2.0 if cl else 1.5}, f">= {2 if cl else 1.5}x"
+                variant = f"{p} {_DT_NAME[dt]} {fmt}"
+                tg, floor_max, text = _targets(device, sizes, "instance_norm_relu", variant)
                 out.append(
                     Case(
                         op="instance_norm_relu",
-                        variant=f"{p} {_DT_NAME[dt]} {fmt}",
+                        variant=variant,
                         device=device,
                         make_set=make,
                         fast=fast,
-                        baselines=[base],
+                        baselines=baselines,
                         kernel=kernel,
                         bytes_moved=nbytes,
                         bytes_note=note,
                         set_bytes=2 * _numel(shape) * _ELT[dt],
-                        targets=targets if real else {},
-                        floor_max=floor_max if real else None,
+                        targets=tg,
+                        floor_max=floor_max,
                         target_text=text,
                         info={"shape": list(shape), "dtype": str(dt), "channels_last": cl, "pass": p},
+                    )
+                )
+    return out
+
+
+PAD = 1  # the ResnetBlock's reflection padding (3x3 convolutions)
+PAD_BASELINE = "nn.InstanceNorm2d+ReLU+ReflectionPad2d"
+
+
+def norm_pad_cases(device: str, sizes: str, dtypes, formats, passes, compiled: bool = True) -> list[Case]:
+    """instance_norm_act_pad (norm + ReLU + residual add + reflection pad in one pass, the generator's ResnetBlock
+    boundary) against the modules users write, ``F.group_norm`` + ReLU + ``F.pad(reflect)``, and torch.compile of
+    the reference. Empty when the package has no such op."""
+    if not hasattr(ops, "instance_norm_act_pad"):
+        return []
+    shape = SIZES[sizes]["norm"]
+    c = shape[1]
+    out = []
+    for dt in dtypes:
+        for cl in formats:
+            for p in passes:
+                module = torch.nn.Sequential(
+                    torch.nn.InstanceNorm2d(c, eps=EPS), torch.nn.ReLU(True), torch.nn.ReflectionPad2d(PAD)
+                ).to(device)
+                padded = (shape[0], c, shape[2] + 2 * PAD, shape[3] + 2 * PAD)
+
+                def make(seed, dt=dt, cl=cl, padded=padded):
+                    return {
+                        "x": _randn(shape, dt, device, seed, cl),
+                        "res": _randn(shape, dt, device, seed + 5, cl),
+                        "gy": _randn(padded, dt, device, seed + 1, cl),
+                    }
+
+                suffix = "" if p == "fwd" else " (autograd)"
+                fast = _impl(
+                    "fast", lambda s: ops.instance_norm_act_pad(s["x"], residual=s["res"], eps=EPS, pad=PAD), p, "x"
+                )
+                base = _impl(PAD_BASELINE + suffix, lambda s, m=module: m[2](m[1](m[0](s["x"])) + s["res"]), p, "x")
+                group = _impl(
+                    "F.group_norm(x, C)+ReLU+F.pad(reflect)" + suffix,
+                    lambda s, c=c: F.pad(
+                        torch.relu(F.group_norm(s["x"], c, eps=EPS)) + s["res"], (PAD,) * 4, mode="reflect"
+                    ),
+                    p,
+                    "x",
+                )
+                baselines = [base, group]
+                if compiled:
+                    ref = _compiled(lambda x, r: reference.instance_norm_act_pad(x, residual=r, eps=EPS, pad=PAD))
+                    baselines.append(
+                        _impl(COMPILED + suffix, lambda s, f=ref: f(s["x"], s["res"]), p, "x", compiled=True)
+                    )
+                # fwd: read x twice + residual, write the padded output; bwd: read x, gy (padded), write gx.
+                elt = _ELT[dt]
+                if p == "fwd":
+                    nbytes, note = (3 * _numel(shape) + _numel(padded)) * elt, "read x twice + residual, write padded y"
+                else:
+                    nbytes, note = (2 * _numel(shape) + _numel(padded)) * elt, "read x, read padded gy, write gx"
+                variant = f"{p} {_DT_NAME[dt]} {'CL' if cl else 'NCHW'} relu+residual pad{PAD}"
+                tg, floor_max, text = _targets(device, sizes, "instance_norm_act_pad", variant)
+                out.append(
+                    Case(
+                        op="instance_norm_act_pad",
+                        variant=variant,
+                        device=device,
+                        make_set=make,
+                        fast=fast,
+                        baselines=baselines,
+                        kernel=None,
+                        bytes_moved=nbytes,
+                        bytes_note=note,
+                        set_bytes=(3 * _numel(shape) + _numel(padded)) * elt,
+                        targets=tg,
+                        floor_max=floor_max,
+                        target_text=text,
+                        info={"shape": list(shape), "dtype": str(dt), "channels_last": cl, "pass": p, "pad": PAD},
                     )
                 )
     return out
@@ -336,20 +385,21 @@ def _norm_kernel(p: str) -> Impl:
 
 def _scene_set(sizes: str, device: str, seed: int) -> dict:
     n, h, w = SIZES[sizes]["ids"]
-    label, inst = cityscapes_like(n, h, w, SIZES[sizes]["instances"], seed)
+    label, inst = street_scenes(n, h, w, seed)
     return {"label": label.to(device), "inst": inst.to(device)}
 
 
-def pool_cases(device: str, sizes: str, dtypes, passes) -> list[Case]:
+def pool_cases(device: str, sizes: str, dtypes, passes, compiled: bool = True) -> list[Case]:
+    """instance_avg_pool on street scenes against the reference per-id loop, ``scatter_reduce(mean)`` and
+    torch.compile of the scatter_reduce reference (the loop's np.unique does not compile)."""
     shape = SIZES[sizes]["pool"]
     n, c, h, w = shape
-    on_gpu, real = device == "cuda", sizes != "tiny"
     out = []
     for dt in dtypes:
         for p in passes:
 
             def make(seed, dt=dt):
-                _label, inst = cityscapes_like(n, h, w, SIZES[sizes]["instances"], seed)
+                _label, inst = street_scenes(n, h, w, seed)
                 return {
                     "feat": _randn(shape, dt, device, seed + 2),
                     "inst": inst.to(device),
@@ -361,31 +411,30 @@ def pool_cases(device: str, sizes: str, dtypes, passes) -> list[Case]:
             scat = _impl(
                 "scatter_reduce", lambda s: reference.instance_avg_pool_scatter(s["feat"], s["inst"]), p, "feat"
             )
+            baselines = [loop, scat]
+            if compiled:
+                ref = _compiled(reference.instance_avg_pool_scatter)
+                baselines.append(_impl(COMPILED, lambda s, f=ref: f(s["feat"], s["inst"]), p, "feat", compiled=True))
             kernel = _pool_kernel(p) if _lib() else None
             one = _numel(shape) * _ELT[dt] * 2 + n * h * w * 4  # read feat, read ids, write out
             nbytes = one * (2 if p == "fwd+bwd" else 1)
             note = "read feat + ids, write out" + (" (x2: bwd)" if p == "fwd+bwd" else "")
-            targets, floor_max, text = {}, None, ""
-            if p == "fwd+bwd":
-                if on_gpu:
-                    targets, floor_max = {"loop": 1000.0, "scatter_reduce": 3.0}, 2.0
-                    text = ">= 1000x loop, >= 3x scatter; <= 2x floor"
-                else:
-                    targets, text = {"loop": 100.0}, ">= 100x loop"
+            variant = f"{p} {_DT_NAME[dt]}"
+            tg, floor_max, text = _targets(device, sizes, "instance_avg_pool", variant)
             out.append(
                 Case(
                     op="instance_avg_pool",
-                    variant=f"{p} {_DT_NAME[dt]}",
+                    variant=variant,
                     device=device,
                     make_set=make,
                     fast=fast,
-                    baselines=[loop, scat],
+                    baselines=baselines,
                     kernel=kernel,
                     bytes_moved=nbytes,
                     bytes_note=note,
                     set_bytes=2 * _numel(shape) * _ELT[dt] + n * h * w * 4,
-                    targets=targets if real else {},
-                    floor_max=floor_max if real else None,
+                    targets=tg,
+                    floor_max=floor_max,
                     target_text=text,
                     info={"shape": list(shape), "dtype": str(dt), "pass": p, "ids": "int32"},
                 )
@@ -476,28 +525,34 @@ def pool_count_cases(device: str, sizes: str, counts, dtype=torch.float32, pass_
     return out
 
 
-def boundary_cases(device: str, sizes: str) -> list[Case]:
+def boundary_cases(device: str, sizes: str, compiled: bool = True) -> list[Case]:
+    """instance_boundary against pix2pixHD's get_edges and torch.compile of it."""
     n, h, w = SIZES[sizes]["ids"]
-    on_gpu, real = device == "cuda", sizes != "tiny"
     kernel = None
     if _lib():
         op = torch.ops.pix2pixhd_fast.instance_boundary
         kernel = Impl("kernel", lambda s: s, lambda s: op(s["inst"], torch.float32))
+    baselines = [Impl("get_edges", lambda s: s, lambda s: reference.get_edges(s["inst"]))]
+    if compiled:
+        ref = _compiled(reference.get_edges)
+        baselines.append(Impl(COMPILED, lambda s: s, lambda s, f=ref: f(s["inst"]), compiled=True))
+    variant = "int32 ids fp32 out"
+    tg, floor_max, text = _targets(device, sizes, "instance_boundary", variant)
     return [
         Case(
             op="instance_boundary",
-            variant="int32 ids fp32 out",
+            variant=variant,
             device=device,
             make_set=lambda seed: _scene_set(sizes, device, seed),
             fast=Impl("fast", lambda s: s, lambda s: ops.instance_boundary(s["inst"])),
-            baselines=[Impl("get_edges", lambda s: s, lambda s: reference.get_edges(s["inst"]))],
+            baselines=baselines,
             kernel=kernel,
             bytes_moved=n * h * w * (4 + 4),
             bytes_note="read ids, write edges",
             set_bytes=n * h * w * 8,
-            targets=({"get_edges": 5.0} if on_gpu else {"get_edges": 3.0}) if real else {},
-            floor_max=1.5 if on_gpu and real else None,
-            target_text=">= 5x; <= 1.5x floor" if on_gpu else ">= 3x",
+            targets=tg,
+            floor_max=floor_max,
+            target_text=text,
             info={"shape": [n, 1, h, w], "ids": "int32", "out": "float32"},
         )
     ]
@@ -511,9 +566,10 @@ ENCODE_VARIANTS = (
 )
 
 
-def encode_cases(device: str, sizes: str, variants=ENCODE_VARIANTS) -> list[Case]:
+def encode_cases(device: str, sizes: str, variants=ENCODE_VARIANTS, compiled: bool = True) -> list[Case]:
+    """encode_input against the reference (get_edges + one-hot scatter + cat, as pix2pixHD's encode_input) and
+    torch.compile of it."""
     n, h, w = SIZES[sizes]["ids"]
-    on_gpu, real = device == "cuda", sizes != "tiny"
     out = []
     for variant, dt, cl, cf in variants:
         mf = torch.channels_last if cl else torch.contiguous_format
@@ -528,6 +584,16 @@ def encode_cases(device: str, sizes: str, variants=ENCODE_VARIANTS) -> list[Case
 
         def ref_fn(s, dt=dt, mf=mf):
             return reference.encode_input(s["label"], s["inst"], LABEL_NC, s["feat"], dt, mf)
+
+        baselines = [Impl("reference", lambda s: s, ref_fn)]
+        if compiled:
+            cref = _compiled(
+                lambda label, inst, feat, dt=dt, mf=mf: reference.encode_input(label, inst, LABEL_NC, feat, dt, mf)
+            )
+            baselines.append(
+                Impl(COMPILED, lambda s: s, lambda s, f=cref: f(s["label"], s["inst"], s["feat"]), compiled=True)
+            )
+        tg, floor_max, text = _targets(device, sizes, "encode_input", variant)
 
         kernel = None
         if _lib():
@@ -546,14 +612,14 @@ def encode_cases(device: str, sizes: str, variants=ENCODE_VARIANTS) -> list[Case
                 device=device,
                 make_set=make,
                 fast=Impl("fast", lambda s: s, fast_fn),
-                baselines=[Impl("reference", lambda s: s, ref_fn)],
+                baselines=baselines,
                 kernel=kernel,
                 bytes_moved=nbytes,
                 bytes_note=f"read label + inst{' + feat' if cf else ''}, write {c_out} channels",
                 set_bytes=n * h * w * (8 + cf * 4),
-                targets={"reference": 5.0} if on_gpu and real else {},
-                floor_max=1.5 if on_gpu and real else None,
-                target_text=">= 5x; <= 1.5x floor" if on_gpu else "",
+                targets=tg,
+                floor_max=floor_max,
+                target_text=text,
                 info={"shape": [n, c_out, h, w], "label_nc": LABEL_NC, "out": str(dt), "channels_last": cl},
             )
         )
@@ -594,7 +660,7 @@ def overhead_cases(device: str) -> list[Case]:
     n, c, h, w = pool_shape
 
     def make(seed):
-        _label, inst = cityscapes_like(n, h, w, OVERHEAD_SHAPES["instances"], seed)
+        inst = tiled_instances(n, h, w, OVERHEAD_SHAPES["instances"], seed)
         return {
             "feat": _randn(pool_shape, torch.float32, device, seed + 2),
             "inst": inst.to(device),
@@ -626,19 +692,21 @@ def overhead_cases(device: str) -> list[Case]:
     return out
 
 
-def build_cases(device: str, sizes: str, purpose: str = "runner") -> list[Case]:
+def build_cases(device: str, sizes: str, purpose: str = "runner", compiled: bool = True) -> list[Case]:
     """Every case for ``device`` at ``sizes``.
 
-    ``purpose="runner"`` (run_ops.py): norm fwd and bwd (the DESIGN targets); ``"pytest"``: norm fwd and
-    fwd+bwd. Both: fp32 and bf16, NCHW and channels-last; pool fwd and fwd+bwd; boundary; encode; and the
-    per-call overhead of norm and pool fwd+bwd at a tiny size.
+    ``purpose="runner"`` (run_ops.py): norm fwd and bwd (the targets' passes); ``"pytest"``: norm fwd and
+    fwd+bwd. Both: fp32 and bf16, NCHW and channels-last (the fused norm+pad: bf16); pool fwd and fwd+bwd;
+    boundary; encode; and the per-call overhead of norm and pool fwd+bwd at a tiny size. ``compiled=False``
+    leaves out the torch.compile baselines.
     """
     norm_passes = ("fwd", "bwd") if purpose == "runner" else ("fwd", "fwd+bwd")
     dtypes = (torch.float32, torch.bfloat16)
     return (
-        norm_cases(device, sizes, dtypes, (False, True), norm_passes)
-        + pool_cases(device, sizes, dtypes, ("fwd", "fwd+bwd"))
-        + boundary_cases(device, sizes)
-        + encode_cases(device, sizes)
+        norm_cases(device, sizes, dtypes, (False, True), norm_passes, compiled)
+        + norm_pad_cases(device, sizes, (torch.bfloat16,), (False, True), norm_passes, compiled)
+        + pool_cases(device, sizes, dtypes, ("fwd", "fwd+bwd"), compiled)
+        + boundary_cases(device, sizes, compiled)
+        + encode_cases(device, sizes, compiled=compiled)
         + overhead_cases(device)
     )

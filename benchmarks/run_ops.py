@@ -4,13 +4,14 @@
     python benchmarks/run_ops.py --device cuda --json gpu.json --markdown gpu.md
     python benchmarks/run_ops.py --device cpu --sizes tiny       # smoke run
 
-ratio = baseline time / fast time (both eager, as a user calls them). CPU: median of repeated
-time.perf_counter runs after warm-up. CUDA: torch.cuda.Event around each call, median of many reps after
-warm-up, rotating through several input sets so that repeats do not run out of L2. On CUDA the compiled op
-is also timed alone by CUDA-graph replay ("kernel" column; no Python/dispatcher overhead) and set against the
-memory floor: floor time = bytes that must move / peak bandwidth, the peak measured in the same run by a
-large device-to-device copy (bytes read + written). Fast and baseline reps are interleaved in rounds, so a
-noisy neighbour on a shared machine hits both alike.
+ratio = baseline time / fast time (both eager, as a user calls them), with its 95% interval: the fast op, the
+stock baselines (the module users write, the strongest equivalent stock form, torch.compile of the reference)
+and, on CUDA, the raw op replayed in a CUDA graph ("kernel": no Python/dispatcher overhead) run in interleaved
+rounds through benchmarks/timing.py until every ratio's interval is within +-5% (or --max-seconds per case);
+the reference Python loop is timed in a few rounds of its own, paired with the fast op. The headline of a row
+is its ratio against the strongest (fastest) baseline. Inputs rotate through several sets so that repeats do
+not run out of L2. On CUDA the kernel time is set against the memory floor: floor time = bytes that must move
+/ peak bandwidth, the peak measured in the same run by a large device-to-device copy (bytes read + written).
 """
 
 from __future__ import annotations
@@ -34,10 +35,10 @@ for _p in (ROOT, HERE):  # run as a script from anywhere, without installing the
 import torch  # noqa: E402
 from cases import SIZES, Case, Impl, build_cases, count_instances  # noqa: E402
 from tables import floor_table, fmt_ratio, fmt_t, md_table, ratio_table, text_table  # noqa: E402
+from timing import measure_interleaved, median_ci, ratio_ci  # noqa: E402
 
 import pix2pixhd_fast  # noqa: E402
 
-ROUNDS = 3  # fast and baselines alternate in this many rounds
 ROTATE_BYTES = 256 << 20  # rotate through enough input sets to exceed this (several times a GPU's L2)
 MAX_SETS = 8
 
@@ -103,43 +104,6 @@ def machine_info(device: str) -> dict[str, Any]:
 # Timing
 
 
-class Timer:
-    """Times ``run(state)`` calls: perf_counter on CPU, CUDA events on GPU; returns seconds per call."""
-
-    def __init__(self, device: str):
-        self.cuda = device == "cuda"
-
-    def sync(self) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()
-
-    def once(self, run, state) -> float:
-        self.sync()
-        t0 = time.perf_counter()
-        run(state)
-        self.sync()
-        return time.perf_counter() - t0
-
-    def times(self, run, states: list, reps: int, start: int = 0) -> list[float]:
-        n = len(states)
-        if not self.cuda:
-            out = []
-            for i in range(reps):
-                st = states[(start + i) % n]
-                t0 = time.perf_counter()
-                run(st)
-                out.append(time.perf_counter() - t0)
-            return out
-        ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
-        torch.cuda.synchronize()
-        for i in range(reps):
-            ev[i][0].record()
-            run(states[(start + i) % n])
-            ev[i][1].record()
-        torch.cuda.synchronize()
-        return [a.elapsed_time(b) * 1e-3 for a, b in ev]
-
-
 def cuda_graphs(impl: Impl, states: list) -> list:
     """Capture ``impl.run`` once per state (warmed up on a side stream first, as capture requires)."""
     side = torch.cuda.Stream()
@@ -163,11 +127,8 @@ def measure_peak_bandwidth(device: str, nbytes: int) -> dict[str, float]:
     n = nbytes // 4
     src = torch.randn(n, device=device)
     dst = torch.empty_like(src)
-    timer = Timer(device)
-    for _ in range(3):
-        dst.copy_(src)
-    ts = timer.times(lambda _s: dst.copy_(src), [None], 20 if device == "cuda" else 7)
-    t = statistics.median(ts)
+    ts = measure_interleaved({"copy": lambda: dst.copy_(src)}, device=device, min_rounds=7, max_rounds=20, warmup=3)
+    t = statistics.median(ts["copy"])
     return {"bytes": 2 * n * 4, "median_s": t, "gbps": 2 * n * 4 / t / 1e9}
 
 
@@ -179,13 +140,37 @@ def n_sets_for(case: Case, device: str, sizes: str) -> int:
     return max(2, min(MAX_SETS, math.ceil(ROTATE_BYTES / max(1, case.set_bytes))))
 
 
+def _rotating(run, states: list):
+    """A zero-argument call of ``run`` that takes the next input set each time (repeats stay out of L2)."""
+    i = [0]
+
+    def call():
+        st = states[i[0] % len(states)]
+        i[0] += 1
+        run(st)
+
+    return call
+
+
 def run_case(
-    case: Case, device: str, sizes: str, budget_s: float, slow_reps: int, seed: int, graph_fast: bool = False
+    case: Case,
+    device: str,
+    sizes: str,
+    slow_reps: int,
+    seed: int,
+    graph_fast: bool = False,
+    compile_baselines: bool = True,
+    max_seconds: float = 20.0,
 ) -> dict:
-    """Measure the fast impl, the baselines and (CUDA) the graph-replayed kernel of one case."""
-    timer = Timer(device)
+    """Measure the fast impl, the baselines and (CUDA) the graph-replayed kernel of one case.
+
+    The fast impl, the stock baselines and the kernel are timed together by :func:`timing.measure_interleaved`
+    until every ratio's 95% interval is within +-5% (or ``max_seconds``); the reference Python loop (slow) is
+    timed apart, ``slow_reps`` rounds paired with the fast impl, so that its seconds per call do not set the
+    length of every round.
+    """
     sets = [case.make_set(seed + 1009 * k) for k in range(n_sets_for(case, device, sizes))]
-    impls = case.impls()
+    impls = [im for im in case.impls() if compile_baselines or not im.compiled]
     states = {im.name: [im.prepare(s) for s in sets] for im in impls}
     runs = {im.name: im.run for im in impls}
     kernel_mode = None
@@ -206,55 +191,54 @@ def run_case(
             runs["kernel"] = kernel.run
             kernel_mode = "eager"
     slow = {im.name for im in impls if im.slow}
+    fns = {name: _rotating(run, states[name]) for name, run in runs.items()}
+    tiny = sizes == "tiny"
+    samples = measure_interleaved(
+        {n: f for n, f in fns.items() if n not in slow},
+        device=device,
+        min_rounds=5,
+        max_rounds=20 if tiny else 400,
+        max_seconds=max_seconds,
+        warmup=max(2, len(sets)) + (2 if compile_baselines else 0),
+        calls_per_round=1 if device == "cpu" else 2 * len(sets),
+    )
+    paired_fast: dict[str, list[float]] = {}
+    for name in slow:
+        both = measure_interleaved(
+            {"fast": fns["fast"], name: fns[name]},
+            device=device,
+            min_rounds=max(1, slow_reps),
+            max_rounds=max(1, slow_reps),
+            warmup=1,
+        )
+        samples[name], paired_fast[name] = both[name], both["fast"]
 
-    # Warm-up (also the per-call estimate that sizes the reps).
-    reps: dict[str, int] = {}
-    samples: dict[str, list[float]] = {}
-    for name, run in runs.items():
-        sts = states[name]
-        first = timer.once(run, sts[0])
-        samples[name] = []
-        if name in slow:
-            reps[name] = max(1, slow_reps)
-            continue
-        for st in sts[1:]:
-            run(st)
-        est = min(first, timer.once(run, sts[-1]))
-        cap = 200 if device == "cpu" else 1000
-        reps[name] = int(min(cap, max(5, budget_s / max(est, 1e-7))))
-
-    # Interleaved rounds: every impl takes a share of its reps in each round.
-    for r in range(ROUNDS):
-        for name, run in runs.items():
-            left = reps[name] - len(samples[name])
-            share = left if r == ROUNDS - 1 else math.ceil(reps[name] / ROUNDS)
-            share = min(share, left)
-            if share > 0:
-                samples[name] += timer.times(run, states[name], share, start=len(samples[name]))
-
-    med = {name: statistics.median(v) for name, v in samples.items() if v}
-    fast = med["fast"]
+    fast_s = statistics.median(samples["fast"])
     row: dict[str, Any] = {
         "id": case.id,
         "op": case.op,
         "variant": case.variant,
         "info": case.info,
         "input_sets": len(sets),
-        "fast_s": fast,
+        "fast_s": fast_s,
         "fast_reps": len(samples["fast"]),
-        "kernel_s": med.get("kernel"),
+        "fast_s_ci": list(median_ci(samples["fast"])[1:]),
+        "kernel_s": statistics.median(samples["kernel"]) if "kernel" in samples else None,
         "kernel_timing": kernel_mode,
         "bytes": case.bytes_moved,
         "bytes_note": case.bytes_note,
         "target": case.target_text,
         "floor_max": case.floor_max,
         "baselines": [],
+        "samples_s": {n: v for n, v in samples.items()},
     }
     if "inst" in sets[0]:
         row["instances_per_image"] = count_instances(sets[0]["inst"].cpu())
-    for b in case.baselines:
-        t = med[b.name]
-        ratio = t / fast
+    for b in impls:
+        if b.name == "fast":
+            continue
+        t = statistics.median(samples[b.name])
+        ratio, lo, hi = ratio_ci(samples[b.name], paired_fast.get(b.name, samples["fast"]))
         target = case.targets.get(b.name)
         row["baselines"].append(
             {
@@ -262,10 +246,16 @@ def run_case(
                 "median_s": t,
                 "reps": len(samples[b.name]),
                 "ratio": ratio,
+                "ratio_lo": lo,
+                "ratio_hi": hi,
+                "slow": b.slow,
+                "compiled": b.compiled,
                 "target": target,
-                "met": None if target is None else bool(ratio >= target),
+                "met": None if target is None else bool(lo >= target),
             }
         )
+    if row["baselines"]:  # the headline: the strongest (fastest) stock baseline
+        row["strongest"] = min(row["baselines"], key=lambda b: b["median_s"])["name"]
     del states, sets
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -366,7 +356,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--json", default=None, help="write the full results here")
     ap.add_argument("--markdown", default=None, help="write the tables here")
     ap.add_argument("--only", default=None, help="comma-separated substrings of case ids to run")
-    ap.add_argument("--budget", type=float, default=None, help="seconds of timed reps per implementation")
+    ap.add_argument(
+        "--max-seconds", type=float, default=None, help="timed seconds per case at most (cpu 8, gpu 3, tiny 0.5)"
+    )
+    ap.add_argument(
+        "--no-compile", action="store_true", help="leave out the torch.compile baselines (their compilation is slow)"
+    )
     ap.add_argument("--slow-reps", type=int, default=2, help="reps of the reference loop (after 1 warm-up)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--seed", type=int, default=1234)
@@ -386,16 +381,17 @@ def main(argv=None) -> dict:
     sizes = args.sizes or ("gpu" if device == "cuda" else "cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
-    budget = args.budget if args.budget is not None else {"tiny": 0.02, "cpu": 0.6, "gpu": 0.3}[sizes]
+    max_s = args.max_seconds if args.max_seconds is not None else {"tiny": 0.5, "cpu": 8.0, "gpu": 3.0}[sizes]
     torch.manual_seed(args.seed)
 
     res: dict[str, Any] = {
         "settings": {
             "device": device,
             "sizes": sizes,
-            "budget_s": budget,
+            "max_seconds": max_s,
+            "target_rel_halfwidth": 0.05,
             "slow_reps": args.slow_reps,
-            "rounds": ROUNDS,
+            "compile_baselines": not args.no_compile,
             "seed": args.seed,
         },
         "machine": machine_info(device),
@@ -404,7 +400,7 @@ def main(argv=None) -> dict:
     res["peak"] = measure_peak_bandwidth(device, peak_bytes)
     print("\n".join(machine_lines(res)), flush=True)
 
-    cases = build_cases(device, sizes, purpose="runner")
+    cases = build_cases(device, sizes, purpose="runner", compiled=not args.no_compile)
     if args.only:
         keys = [k.strip() for k in args.only.split(",") if k.strip()]
         cases = [c for c in cases if any(k in c.id for k in keys)]
@@ -413,7 +409,7 @@ def main(argv=None) -> dict:
     for case in cases:
         t0 = time.perf_counter()
         try:
-            row = run_case(case, device, sizes, budget, args.slow_reps, args.seed, args.graph_fast)
+            row = run_case(case, device, sizes, args.slow_reps, args.seed, args.graph_fast, not args.no_compile, max_s)
         except Exception as e:  # e.g. a development library without this op's kernel: report, go on
             msg = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
             print(f"  {case.id:<42} FAILED: {msg}", flush=True)

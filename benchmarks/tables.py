@@ -19,6 +19,13 @@ def fmt_ratio(r: float) -> str:
     return f"{r:.0f}x" if r >= 100 else f"{r:.2f}x"
 
 
+def fmt_ratio_ci(b: dict) -> str:
+    """A ratio with its 95% interval when the row has one: ``1.72x [1.65, 1.80]``."""
+    if b.get("ratio_lo") is None or b.get("ratio_hi") is None:
+        return fmt_ratio(b["ratio"])
+    return f"{fmt_ratio(b['ratio'])} [{b['ratio_lo']:.3g}, {b['ratio_hi']:.3g}]"
+
+
 def text_table(head: list[str], body: list[list[str]]) -> str:
     """Columns aligned with spaces, a dashed rule under the head."""
     w = [max(len(str(x)) for x in col) for col in zip(head, *body, strict=False)]
@@ -38,8 +45,9 @@ def _met(v: bool | None) -> str:
 
 
 def ratio_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
-    """run_ops rows -> one line per (case, baseline): times, ratio = baseline / fast, target, met."""
-    head = ["op", "variant", "fast", "baseline", "baseline time", "ratio", "target", "met"]
+    """run_ops rows -> one line per (case, baseline): times, ratio = baseline / fast with its 95% interval, target,
+    met; the row's strongest (fastest) baseline, its headline, is marked with ``*``."""
+    head = ["op", "variant", "fast", "baseline", "baseline time", "ratio [95% CI]", "target", "met"]
     body = []
     for r in rows:
         for b in r["baselines"]:
@@ -49,9 +57,9 @@ def ratio_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
                     r["op"],
                     r["variant"],
                     fmt_t(r["fast_s"]),
-                    b["name"],
+                    b["name"] + (" *" if r.get("strongest") == b["name"] else ""),
                     fmt_t(b["median_s"]),
-                    fmt_ratio(b["ratio"]),
+                    fmt_ratio_ci(b),
                     tgt,
                     _met(b["met"]),
                 ]
