@@ -82,19 +82,25 @@ def _context():
     return create_selective_checkpoint_contexts(sac_policy)
 
 
+_RANDOM_MODULES = (nn.modules.dropout._DropoutNd, nn.RReLU)
+
 _CKPT_KW: dict = {"use_reentrant": False, "context_fn": _context}
 if _RESPECTS_HOOKS:
     _CKPT_KW["respect_saved_tensors_hooks"] = True
 
 
-def _checkpointed(fn):
-    """``fn`` run under selective checkpointing when autograd records (plain ``fn`` under no_grad/inference)."""
+def _checkpointed(fn, modules: Iterable[nn.Module]):
+    """``fn`` run under selective checkpointing when autograd records (plain ``fn`` under no_grad/inference).
+
+    The RNG state is saved for the recomputation only when the region draws random numbers (dropout): reading it
+    costs host time every step and is not allowed while a CUDA graph captures the step."""
+    kw = dict(_CKPT_KW, preserve_rng_state=any(isinstance(m, _RANDOM_MODULES) for m in modules))
 
     @functools.wraps(fn)
     def run(*args):
         if not torch.is_grad_enabled():
             return fn(*args)
-        return checkpoint(fn, *args, **_CKPT_KW)
+        return checkpoint(fn, *args, **kw)
 
     return run
 
@@ -120,7 +126,12 @@ def _segmented_forward(seq: nn.Sequential):
             x = m(x)
         return x
 
-    parts = [layers[0] if block else _checkpointed(functools.partial(run_layers, layers)) for block, layers in runs]
+    parts = [
+        layers[0]
+        if block
+        else _checkpointed(functools.partial(run_layers, layers), [s for m in layers for s in m.modules()])
+        for block, layers in runs
+    ]
 
     def forward(x):
         for part in parts:
@@ -147,7 +158,7 @@ def enable_selective_checkpointing(net: nn.Module) -> nn.Module:
         if getattr(m, _ATTR, None):
             return
         if _is_residual_block(m):
-            m.forward = _checkpointed(type(m).forward.__get__(m))
+            m.forward = _checkpointed(type(m).forward.__get__(m), m.modules())
             setattr(m, _ATTR, "block")
             return
         if isinstance(m, nn.Sequential) and len(m):
@@ -157,7 +168,7 @@ def enable_selective_checkpointing(net: nn.Module) -> nn.Module:
                 m.forward = _segmented_forward(m)
                 setattr(m, _ATTR, "segmented")
             else:
-                m.forward = _checkpointed(type(m).forward.__get__(m))
+                m.forward = _checkpointed(type(m).forward.__get__(m), m.modules())
                 setattr(m, _ATTR, "region")
             return
         for c in m.children():
