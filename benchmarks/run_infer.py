@@ -2,7 +2,7 @@
 
     python benchmarks/run_infer.py --device cpu --json results/cpu-2core-infer.json      # global G ngf 32, 256x512
     python benchmarks/run_infer.py --device cuda --json gpu_infer.json --budget-s 60      # LocalEnhancer, global
-    python benchmarks/run_infer.py --sizes tiny --backends a,b,d,e --rounds 1             # smoke run (seconds)
+    python benchmarks/run_infer.py --sizes tiny --backends a,r,b,d,e --rounds 2           # smoke run (seconds)
 
 Problems (run_train.py's, same options and synthetic Cityscapes-like scene: uint8 labels in [0, 35), int32 instance
 ids, batch 1): on the CPU the global generator (ngf 32) at 256x512; on a GPU the LocalEnhancer (ngf 32) at
@@ -14,9 +14,10 @@ Configurations (``--backends`` picks by key):
   (a) eager, fp32, NCHW, reference ops (nn.InstanceNorm2d + activations, plain-PyTorch input encoding): the
       pix2pixHD-equivalent baseline, measured in the same process as the others (on CUDA: TF32 convolutions, as
       PyTorch's defaults leave them);
-  (b) eager, bf16 autocast + channels-last, our fused ops;
-  (c) (b) through torch.compile (inductor, fullgraph; CUDA graphs on the GPU): ``pix2pixhd_fast.infer``'s
-      ``compile`` backend;
+  (r) eager, bf16 autocast + channels-last, reference ops: what precision and layout alone give;
+  (b) eager, bf16 autocast + channels-last, our fused ops (``vs_stock``: what our ops add over (r));
+  (ac), (rc), (c): (a), (r), (b) through torch.compile (inductor, fullgraph; CUDA graphs on the GPU):
+      ``pix2pixhd_fast.infer``'s ``compile`` backend; (c) is also set against (rc);
   (d) onnxruntime, fp32, the generator's ONNX export (CPU only: on a GPU machine it would time the host);
   (e) TensorRT, bf16, an engine built from that export (needs TensorRT and a GPU; else recorded as skipped, with the
       reason).
@@ -25,10 +26,11 @@ each timed call). Label checks are off (``check_inputs = False``, as in training
 and the check would sync the GPU every call).
 
 Timing: ``setup`` (ONNX export and its check for (d)/(e)), the first call (compilation, engine build) and the rest of
-the warm-up are reported apart; then ``--rounds`` interleaved rounds (the order rotates) of ``--iters`` calls per
-configuration: CUDA events around each call on the GPU, perf_counter (and the process's CPU time) on the CPU.
-Latency = median over all timed calls; ``vs_a`` = median over rounds of (a)'s round median / this one's (a burst
-of load from other processes stretches both sides of a pair alike); ``max_abs_diff_vs_a`` = largest difference
+the warm-up are reported apart; then interleaved rounds (benchmarks/timing.py: the order rotates, ``--iters`` calls
+per configuration and round, CUDA events on the GPU, torch.utils.benchmark on the CPU), at least ``--rounds`` and
+until every ratio vs (a) has a 95% interval within +-5% (or ``--max-rounds`` / ``--max-seconds``). Latency = median
+over all timed calls; ``vs_a`` = paired median of (a)'s call / this one's, with its 95% interval (a burst of load
+from other processes stretches both sides of a pair alike); ``max_abs_diff_vs_a`` = largest difference
 of the first output from (a)'s. ``--budget-s`` starts no new problem or backend set-up after that many seconds;
 the JSON is rewritten after every problem. ``kind: "infer"`` marks the file for benchmarks/report.py.
 """
@@ -58,6 +60,8 @@ import torch  # noqa: E402
 from run_ops import _loadavg, machine_info  # noqa: E402
 from run_train import COMMON, PRESETS, CpuLoad, Problem, make_batch  # noqa: E402
 from tables import fmt_t, infer_table, md_table, text_table  # noqa: E402
+from targets import infer_targets  # noqa: E402
+from timing import measure_interleaved, ratio_ci, summary  # noqa: E402
 
 from pix2pixhd_fast.infer import InferenceBackend, make_backend  # noqa: E402
 from pix2pixhd_fast.models.pix2pixhd import Pix2PixHDModel  # noqa: E402
@@ -97,15 +101,17 @@ class InferConfig:
 
 CONFIGS = (
     InferConfig("a", "eager", "eager fp32 NCHW, reference ops", "reference", False, False),
+    InferConfig("r", "eager", "eager bf16 + channels-last, reference ops", "reference", True, True),
     InferConfig("b", "eager", "eager bf16 + channels-last, fast ops", "fast", True, True),
+    InferConfig("ac", "compile", "torch.compile of (a)", "reference", False, False),
+    InferConfig("rc", "compile", "torch.compile of (r)", "reference", True, True),
     InferConfig("c", "compile", "torch.compile of (b)", "fast", True, True),
     InferConfig("d", "onnxruntime", "onnxruntime fp32", "fast", False, False),
     InferConfig("e", "tensorrt", "TensorRT bf16", "fast", True, True),
 )
 BASELINE = "a"
-
-# DESIGN.md: LocalEnhancer 2048x1024 on a GPU, TensorRT or torch.compile + CUDA graphs >= 3x fp32 eager.
-TARGETS: dict[tuple[str, str], dict[str, float]] = {("gpu", "local"): {"c": 3.0, "e": 3.0}}
+# What our ops add over stock PyTorch at the same precision, layout and backend: config -> its stock twin.
+STOCK_TWIN = {"b": "r", "c": "rc"}
 
 
 def config_options(problem: Problem, config: InferConfig, device: str) -> list[str]:
@@ -127,34 +133,17 @@ class Runner:
     def __init__(self, config: InferConfig, backend: InferenceBackend, call: Callable[[], torch.Tensor]):
         self.config, self.backend, self.call = config, backend, call
         self.times: list[float] = []
-        self.cpu_times: list[float] = []
-        self.round_medians: list[float] = []
         self.first_call_s: float | None = None
         self.warmup_s: float | None = None
         self.output: torch.Tensor | None = None
 
 
-def _timed_calls(fn: Callable[[], Any], n: int, cuda: bool) -> tuple[list[float], list[float]]:
-    """``n`` calls of ``fn``: seconds per call (CUDA events on the current stream, or perf_counter) and, on the
-    CPU, the process's CPU seconds per call (all threads)."""
+def _warm(fn: Callable[[], Any], n: int, cuda: bool) -> None:
+    """``n`` untimed calls (CUDA graphs are recorded in the first ones), then a sync."""
+    for _ in range(n):
+        fn()
     if cuda:
         torch.cuda.synchronize()
-        pairs = []
-        for _ in range(n):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            pairs.append((a, b))
-        torch.cuda.synchronize()
-        return [a.elapsed_time(b) * 1e-3 for a, b in pairs], []
-    wall, cpu = [], []
-    for _ in range(n):
-        c0, t0 = time.process_time(), time.perf_counter()
-        fn()
-        wall.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    return wall, cpu
 
 
 def _first_call(fn: Callable[[], torch.Tensor], cuda: bool) -> tuple[torch.Tensor, float]:
@@ -252,7 +241,7 @@ def bench_problem(
                 r.output, r.first_call_s = _first_call(call, cuda)
                 warm = max(args.warmup, 3) if (cfg.backend == "compile" and cuda) else args.warmup
                 t1 = time.perf_counter()
-                _timed_calls(call, warm, cuda)  # CUDA graphs are recorded on the second/third call
+                _warm(call, warm, cuda)  # CUDA graphs are recorded on the second/third call
                 r.warmup_s = time.perf_counter() - t1
                 row.update(first_call_s=r.first_call_s, warmup_calls=warm, warmup_s=r.warmup_s)
             except (TensorRTUnavailableError, EngineBuildError) as e:
@@ -274,37 +263,36 @@ def bench_problem(
                 flush=True,
             )
 
-        # Interleaved rounds; the order rotates so that no configuration always follows the same one.
-        for k in range(args.rounds):
-            order = runners[k % len(runners) :] + runners[: k % len(runners)] if runners else []
-            for r in order:
-                wall, cpu = _timed_calls(r.call, args.iters, cuda)
-                r.times += wall
-                r.cpu_times += cpu
-                r.round_medians.append(statistics.median(wall))
+        # Interleaved rounds (benchmarks/timing.py): (a) first, so that the stopping rule is on every ratio vs (a).
+        if runners:
+            ordered = sorted(runners, key=lambda r: r.config.key != BASELINE)
+            samples = measure_interleaved(
+                {r.config.key: r.call for r in ordered},
+                device=device,
+                min_rounds=args.rounds,
+                max_rounds=max(args.rounds, args.max_rounds),
+                max_seconds=args.max_seconds,
+                warmup=0,
+                calls_per_round=args.iters,
+            )
+            for r in runners:
+                r.times = samples[r.config.key]
 
         base = next((r for r in runners if r.config.key == BASELINE), None)
-        targets = TARGETS.get((args.sizes, problem.name), {})
+        by_key = {r.config.key: r for r in runners}
+        targets = infer_targets(args.sizes, problem.name)
         for r in runners:
             row = rows[r.config.key]
-            median = statistics.median(r.times)
-            row.update(
-                status="ok",
-                median_s=median,
-                min_s=min(r.times),
-                max_s=max(r.times),
-                calls=len(r.times),
-                times_s=r.times,
-                round_medians_s=r.round_medians,
-                cpu_median_s=statistics.median(r.cpu_times) if r.cpu_times else None,
-                images_per_s=problem.batch / median,
-            )
+            row.update(status="ok", times_s=r.times, images_per_s=problem.batch / statistics.median(r.times))
+            row.update(summary(r.times))
             if base is not None:
-                row["vs_a"] = statistics.median(b / t for b, t in zip(base.round_medians, r.round_medians, strict=True))
-                row["vs_a_of_medians"] = statistics.median(base.times) / median
+                row["vs_a"], row["vs_a_lo"], row["vs_a_hi"] = ratio_ci(base.times, r.times)
+                row["vs_a_of_medians"] = statistics.median(base.times) / row["median_s"]
                 row["max_abs_diff_vs_a"] = float((r.output - base.output).abs().max())
-                if r.cpu_times and base.cpu_times:
-                    row["cpu_vs_a"] = statistics.median(base.cpu_times) / row["cpu_median_s"]
+            twin = by_key.get(STOCK_TWIN.get(r.config.key, ""))
+            if twin is not None:
+                row["vs_stock"] = twin.config.key
+                row["vs_stock_ratio"], row["vs_stock_lo"], row["vs_stock_hi"] = ratio_ci(twin.times, r.times)
         for key, value in targets.items():
             row = rows.get(key)
             if row is not None:
@@ -356,8 +344,9 @@ def header_lines(res: dict) -> list[str]:
             )
         )
     lines.append(
-        f"timing: first call and {s['warmup']} warm-up calls apart (3 for compile on CUDA), then {s['rounds']} "
-        f"interleaved rounds of {s['iters']} calls; median latency, vs (a) = median of per-round pairs; "
+        f"timing: first call and {s['warmup']} warm-up calls apart (3 for compile on CUDA), then >= {s['rounds']} "
+        f"interleaved rounds of {s['iters']} calls until each ratio's 95% interval is within +-5% (at most "
+        f"{s.get('max_rounds')} rounds / {s.get('max_seconds')} s); median latency, vs (a) = paired median [95% CI]; "
         f"{'CUDA events' if s['device'] == 'cuda' else 'perf_counter'}; random weights (seed {s['seed']})"
     )
     return lines
@@ -400,24 +389,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--sizes", choices=sorted(PROBLEMS), default=None, help="default: cpu on CPU, gpu on CUDA")
     ap.add_argument("--only", default=None, help="comma-separated problem names to run (global, local)")
-    ap.add_argument(
-        "--backends", default=",".join(c.key for c in CONFIGS), help="comma-separated configuration keys (a-e)"
-    )
+    ap.add_argument("--backends", default=",".join(c.key for c in CONFIGS), help="comma-separated configuration keys")
     ap.add_argument("--json", default=None, help="write the full results here")
     ap.add_argument("--markdown", default=None, help="write the tables here")
-    ap.add_argument("--iters", type=int, default=None, help="timed calls per configuration and round (CPU 2, CUDA 5)")
-    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (CPU 3, CUDA 4)")
+    ap.add_argument("--iters", type=int, default=None, help="timed calls per configuration and round (CPU 1, CUDA 5)")
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds at least (5)")
     ap.add_argument("--warmup", type=int, default=None, help="warm-up calls after the first (CPU 1, CUDA 3)")
+    ap.add_argument("--max-rounds", type=int, default=200, help="rounds at most (stop earlier at a +-5%% interval)")
+    ap.add_argument(
+        "--max-seconds", type=float, default=None, help="timed seconds per problem at most (CPU 60, CUDA 20)"
+    )
     ap.add_argument("--budget-s", type=float, default=None, help="start no new problem or set-up after this time")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (onnxruntime gets the same)")
     ap.add_argument("--seed", type=int, default=1234)
     args = ap.parse_args(argv)
     cuda = args.device == "cuda"
     args.sizes = args.sizes or ("gpu" if cuda else "cpu")
-    args.iters = args.iters if args.iters is not None else (5 if cuda else 2)
-    args.rounds = args.rounds if args.rounds is not None else (4 if cuda else 3)
+    args.iters = args.iters if args.iters is not None else (5 if cuda else 1)
+    args.rounds = args.rounds if args.rounds is not None else 5
     args.warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)
-    for k in ("iters", "rounds"):
+    if args.max_seconds is None:
+        args.max_seconds = 20.0 if cuda else 60.0
+    for k in ("iters", "rounds", "max_rounds"):
         if getattr(args, k) < 1:
             ap.error(f"--{k} must be >= 1")
     if args.warmup < 0:
@@ -427,7 +420,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     keys = [k.strip() for k in args.backends.split(",") if k.strip()]
     unknown = sorted(set(keys) - {c.key for c in CONFIGS})
     if unknown or not keys:
-        ap.error(f"--backends: unknown configuration(s) {unknown or 'none given'}; use a, b, c, d, e")
+        ap.error(
+            f"--backends: unknown configuration(s) {unknown or 'none given'}; use {', '.join(c.key for c in CONFIGS)}"
+        )
     args.config_keys = keys
     names = {p.name for p in problems_for(args.sizes)}
     args.problem_names = None
@@ -456,6 +451,8 @@ def main(argv=None) -> dict:
             "sizes": args.sizes,
             "iters": args.iters,
             "rounds": args.rounds,
+            "max_rounds": args.max_rounds,
+            "max_seconds": args.max_seconds,
             "warmup": args.warmup,
             "configs": [c.key for c in configs],
             "baseline": BASELINE,

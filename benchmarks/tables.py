@@ -99,6 +99,14 @@ def _x(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}x"
 
 
+def _x_ci(r: dict, key: str, prefix: str) -> str:
+    """``r[key]`` as ``2.10x [2.02, 2.18]`` from ``r[prefix + "_lo"]``/``_hi`` when present."""
+    v, lo, hi = r.get(key), r.get(prefix + "_lo"), r.get(prefix + "_hi")
+    if v is None:
+        return "-"
+    return _x(v) if lo is None or hi is None else f"{_x(v)} [{lo:.3g}, {hi:.3g}]"
+
+
 def train_table(p: dict) -> tuple[list[str], list[list[str]]]:
     """One run_train problem -> a line per configuration: step time, images/s, ratios, CPU time, memory, targets."""
     rows = p["rows"]
@@ -150,7 +158,7 @@ def infer_table(p: dict) -> tuple[list[str], list[list[str]]]:
     """One run_infer problem -> a line per configuration: latency, images/s, ratio vs (a), warm-up, difference."""
     rows = p["rows"]
     with_cpu = any(r.get("cpu_median_s") for r in rows)
-    head = ["config", "latency", "min", "images/s", "vs (a)"]
+    head = ["config", "latency", "min", "images/s", "vs (a) [95% CI]", "vs stock twin [95% CI]"]
     head += ["CPU time"] if with_cpu else []
     head += ["set-up", "first call", "max abs diff vs (a)", "note"]
     body = []
@@ -161,7 +169,10 @@ def infer_table(p: dict) -> tuple[list[str], list[list[str]]]:
             note = f"{r['status']}: {reason if len(reason) <= 110 else reason[:107] + '...'}"
             body.append(line + ["-"] * (len(head) - 2) + [note])
             continue
-        line += [fmt_t(r["median_s"]), fmt_t(r["min_s"]), f"{r['images_per_s']:.3g}", _x(r.get("vs_a"))]
+        line += [fmt_t(r["median_s"]), fmt_t(r["min_s"]), f"{r['images_per_s']:.3g}", _x_ci(r, "vs_a", "vs_a")]
+        line.append(
+            f"{_x_ci(r, 'vs_stock_ratio', 'vs_stock')} vs ({r['vs_stock']})" if r.get("vs_stock_ratio") else "-"
+        )
         if with_cpu:
             line.append(fmt_t(r.get("cpu_median_s")))
         diff = r.get("max_abs_diff_vs_a")
