@@ -12,21 +12,26 @@ operators' autograd moved from a Python formula (``torch.library.register_autogr
 
     python benchmarks/call_overhead.py --device cuda --json out.json
 
-Wall-clock medians of ``--reps`` calls after warm-up, with a device sync per call batch (host-bound sizes).
+Per-call samples from benchmarks/timing.py (interleaved rounds, at least ``--reps``, until the ratios' 95% intervals
+are within +-5%; CUDA events on a GPU, where at these host-bound sizes a call's device span is its launch time).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
-import time
+import sys
 
 import torch
 import torch.nn as nn
 
-from pix2pixhd_fast import ops
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # timing.py beside this file
+from timing import measure_interleaved, ratio_ci  # noqa: E402
+
+from pix2pixhd_fast import ops  # noqa: E402
 
 
 class _PyNormAct(torch.autograd.Function):
@@ -44,22 +49,6 @@ class _PyNormAct(torch.autograd.Function):
             gy, x, mean, rstd, None, None, ctx.slope, [True, False, False]
         )
         return gx, None
-
-
-def _time(fn, device: str, reps: int, inner: int = 20) -> float:
-    """Median microseconds per call of ``fn`` (``inner`` calls per timed batch, synced)."""
-    for _ in range(5):
-        fn()
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    sync()
-    samples = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        sync()
-        samples.append((time.perf_counter() - t) / inner * 1e6)
-    return statistics.median(samples)
 
 
 def main() -> None:
@@ -87,12 +76,17 @@ def main() -> None:
             def native(x=x, gy=gy, ref=ref):
                 ref(x).backward(gy)
 
-            t = {}
-            # Interleave the three so that machine noise hits them alike.
-            for _ in range(3):
-                for name, fn in (("cpp", cpp), ("python", python), ("nn", native)):
-                    t.setdefault(name, []).append(_time(fn, dev, max(3, args.reps // 3)))
-            med = {k: min(v) for k, v in t.items()}
+            # Interleaved rounds (benchmarks/timing.py), so that machine noise hits the three alike.
+            t = measure_interleaved(
+                {"cpp": cpp, "python": python, "nn": native},
+                device=dev,
+                min_rounds=args.reps,
+                max_rounds=max(args.reps, 400),
+                max_seconds=10.0,
+                warmup=5,
+            )
+            med = {k: statistics.median(v) * 1e6 for k, v in t.items()}
+            ratio, lo, hi = ratio_ci(t["nn"], t["cpp"])
             row = {
                 "shape": list(shape),
                 "dtype": str(dtype).replace("torch.", ""),
@@ -100,7 +94,10 @@ def main() -> None:
                 "us_python": med["python"],
                 "us_nn": med["nn"],
                 "saved_us": med["python"] - med["cpp"],
-                "ratio_vs_nn": med["nn"] / med["cpp"],
+                "ratio_vs_nn": ratio,
+                "ratio_vs_nn_ci": [lo, hi],
+                "ratio_vs_python": ratio_ci(t["python"], t["cpp"])[0],
+                "calls": len(t["cpp"]),
             }
             rows.append(row)
             print(

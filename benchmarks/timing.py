@@ -10,12 +10,15 @@ number of calls (the order rotating round by round), so the i-th samples of two 
 apart and their quotient is a paired measurement in which the drift cancels.
 
 Clocks: CUDA events recorded on the current stream around each call (the device time of the call, launch gaps
-included, no host sync inside a round); on the CPU ``torch.utils.benchmark.Timer`` with one call per sample
-(perf_counter, the caller's thread count, garbage collection paused while timing).
+included, no host sync inside a round); on the CPU ``time.perf_counter`` around each call with garbage collection
+paused during a round, as ``timeit`` and ``torch.utils.benchmark`` do. ``torch.utils.benchmark.Timer`` itself does
+not fit here: each ``timeit()`` makes extra warm-up calls of its own and it times blocks of calls, where the rounds
+need one sample per call.
 """
 
 from __future__ import annotations
 
+import gc
 import math
 import random
 import statistics
@@ -185,13 +188,6 @@ def measure_interleaved(
             fns[name]()
     _sync(cuda)
 
-    timers = {}
-    if not cuda:
-        from torch.utils.benchmark import Timer
-
-        threads = torch.get_num_threads()
-        timers = {n: Timer(stmt="fn()", globals={"fn": fns[n]}, num_threads=threads) for n in names}
-
     samples: dict[str, list[float]] = {n: [] for n in names}
     t_start = time.perf_counter()
     for r in range(max_rounds):
@@ -203,9 +199,18 @@ def measure_interleaved(
             for n in names:
                 samples[n] += [a.elapsed_time(b) * 1e-3 for a, b in pending[n]]
         else:
-            for n in order:
-                for _ in range(calls_per_round):
-                    samples[n].append(timers[n].timeit(1).raw_times[0])
+            gc_was_enabled = gc.isenabled()
+            gc.disable()
+            try:
+                for n in order:
+                    fn = fns[n]
+                    for _ in range(calls_per_round):
+                        t0 = time.perf_counter()
+                        fn()
+                        samples[n].append(time.perf_counter() - t0)
+            finally:
+                if gc_was_enabled:
+                    gc.enable()
         if r + 1 < min_rounds:
             continue
         if time.perf_counter() - t_start >= max_seconds:

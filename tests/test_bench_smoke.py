@@ -34,8 +34,9 @@ def test_run_ops_tiny_cpu(tmp_path, capsys):
                 "cpu",
                 "--sizes",
                 "tiny",
-                "--budget",
-                "0.005",
+                "--max-seconds",
+                "0.2",
+                "--no-compile",
                 "--slow-reps",
                 "1",
                 "--threads",
@@ -51,17 +52,25 @@ def test_run_ops_tiny_cpu(tmp_path, capsys):
     res = json.loads(js.read_text())
 
     rows = res["rows"]
-    assert {r["op"] for r in rows} == OPS
-    for op in OPS:  # fwd and bwd norm rows, pool fwd and fwd+bwd, ...
+    from pix2pixhd_fast import ops
+
+    expected = OPS | ({"instance_norm_act_pad"} if hasattr(ops, "instance_norm_act_pad") else set())
+    assert {r["op"] for r in rows} == expected
+    for op in expected:  # fwd and bwd norm rows, pool fwd and fwd+bwd, ...
         assert any(r["op"] == op for r in rows)
     for r in rows:
         assert r["fast_s"] > 0 and r["fast_reps"] >= 5, r["id"]
         assert r["baselines"], r["id"]
         for b in r["baselines"]:
             assert b["median_s"] > 0 and b["ratio"] > 0 and b["reps"] >= 1, (r["id"], b["name"])
+            assert b["ratio_lo"] <= b["ratio"] <= b["ratio_hi"], (r["id"], b["name"])
+            assert not b["compiled"], (r["id"], b["name"])  # --no-compile
+        # The headline baseline is the fastest one; every recorded sample is a measured call.
+        assert r["strongest"] == min(r["baselines"], key=lambda b: b["median_s"])["name"], r["id"]
+        assert len(r["samples_s"]["fast"]) == r["fast_reps"] and min(r["samples_s"]["fast"]) > 0, r["id"]
         assert r["bytes"] > 0 and r["gbps"] > 0 and r["x_floor"] > 0, r["id"]
     names = {b["name"] for r in rows for b in r["baselines"]}
-    assert {"loop", "scatter_reduce", "get_edges", "reference"} <= names
+    assert {"loop", "scatter_reduce", "get_edges", "reference", "F.group_norm(x, C)+ReLU"} <= names
     assert any(r["info"].get("pass") == "bwd" for r in rows if r["op"] == "instance_norm_relu")
     assert res["peak"]["gbps"] > 0
     assert res["machine"]["torch"] == torch.__version__
@@ -219,7 +228,7 @@ def _run_scaling_tiny(path) -> dict:
     run_scaling = _load_bench("run_scaling")
     threads = torch.get_num_threads()
     try:
-        run_scaling.main(["--tiny", "--threads", "1", "--budget", "0.002", "--slow-reps", "1", "--json", str(path)])
+        run_scaling.main(["--tiny", "--threads", "1", "--max-seconds", "0.1", "--slow-reps", "1", "--json", str(path)])
     finally:
         torch.set_num_threads(threads)
     return json.loads(path.read_text())
@@ -251,7 +260,7 @@ def test_scaling_tiny_and_report(tmp_path, capsys):
         assert r["instances_per_image"] == r["info"]["instances"]
         assert r["fast_s"] > 0 and {b["name"] for b in r["baselines"]} == {"loop", "scatter_reduce"}
     sizes = {(r["info"]["height"], r["info"]["width"]) for r in res["resolution"]}
-    assert sizes == {(16, 24), (24, 32), (32, 48)}
+    assert sizes == {(16, 32), (24, 40), (32, 48)}
     for h, w in sizes:
         ops_here = {r["op"] for r in res["resolution"] if (r["info"]["height"], r["info"]["width"]) == (h, w)}
         assert ops_here == OPS, (h, w)
@@ -440,9 +449,10 @@ def test_run_infer_tiny_cpu(tmp_path, capsys):
     run_infer = _load_bench("run_infer")
     threads = torch.get_num_threads()
     js, md = tmp_path / "tinybox-infer.json", tmp_path / "infer.md"
-    # (c) torch.compile is left out: its compilation alone takes tens of seconds (tests/test_export_backends.py
+    # The compiled rows are left out: compilation alone takes tens of seconds (tests/test_export_backends.py
     # checks that backend); (e) TensorRT is skipped here (no GPU), with the reason.
-    argv = ["--sizes", "tiny", "--backends", "a,b,d,e", "--rounds", "2", "--iters", "1", "--warmup", "0"]
+    argv = ["--sizes", "tiny", "--backends", "a,r,b,d,e", "--rounds", "2", "--iters", "1", "--warmup", "0"]
+    argv += ["--max-seconds", "2"]
     try:
         res = run_infer.main([*argv, "--threads", "1", "--json", str(js), "--markdown", str(md)])
     finally:
@@ -450,12 +460,13 @@ def test_run_infer_tiny_cpu(tmp_path, capsys):
     assert json.loads(js.read_text()) == json.loads(json.dumps(res, default=str))
 
     assert res["kind"] == "infer" and res["complete"] and not res["errors"] and not res["skipped"]
-    assert res["settings"]["configs"] == ["a", "b", "d", "e"] and res["machine"]["threads"] == 1
+    assert res["settings"]["configs"] == ["a", "r", "b", "d", "e"] and res["machine"]["threads"] == 1
     assert [p["problem"] for p in res["problems"]] == ["global-64x128"]
     p = res["problems"][0]
     assert p["params_G"] > 0 and "--n_blocks_global" in p["options"]
     rows = {r["key"]: r for r in p["rows"]}
-    assert list(rows) == ["a", "b", "d", "e"]
+    assert list(rows) == ["a", "r", "b", "d", "e"]
+    assert (rows["r"]["precision"], rows["r"]["ops"], rows["r"]["channels_last"]) == ("bf16", "reference", True)
     assert (rows["a"]["backend"], rows["a"]["precision"], rows["a"]["ops"], rows["a"]["channels_last"]) == (
         "eager",
         "fp32",
@@ -469,14 +480,17 @@ def test_run_infer_tiny_cpu(tmp_path, capsys):
         True,
     )
     assert rows["d"]["backend"] == "onnxruntime" and rows["d"]["provider"] == "CPUExecutionProvider"
-    for key in "abd":
+    for key in "arbd":
         r = rows[key]
-        assert r["status"] == "ok" and r["calls"] == 2 and len(r["round_medians_s"]) == 2, key
-        assert r["median_s"] > 0 and r["min_s"] <= r["median_s"] <= r["max_s"], key
+        # Same number of calls in every row (paired rounds), at least --rounds x --iters, all of them recorded.
+        assert r["status"] == "ok" and r["calls"] == rows["a"]["calls"] >= 2 and len(r["times_s"]) == r["calls"], key
+        assert r["min_s"] <= r["median_lo_s"] <= r["median_s"] <= r["median_hi_s"] <= r["max_s"], key
         assert r["first_call_s"] > 0 and r["setup_s"] > 0 and r["warmup_calls"] == 0, key
         assert abs(r["images_per_s"] * r["median_s"] - p["batch"]) < 1e-9, key
         assert abs(r["vs_a_of_medians"] - rows["a"]["median_s"] / r["median_s"]) < 1e-9, key
-        assert r["cpu_median_s"] is not None and r["cpu_median_s"] > 0, key
+        assert r["vs_a_lo"] <= r["vs_a"] <= r["vs_a_hi"], key
+    # What our ops add over stock PyTorch at the same precision and layout: (b) against (r), with its interval.
+    assert rows["b"]["vs_stock"] == "r" and rows["b"]["vs_stock_lo"] <= rows["b"]["vs_stock_ratio"]
     assert rows["a"]["vs_a"] == 1.0 and rows["a"]["max_abs_diff_vs_a"] == 0.0
     # Same weights in every configuration: fp32 onnxruntime matches the fp32 eager baseline closely, bf16 roughly.
     assert rows["d"]["max_abs_diff_vs_a"] < 1e-3
@@ -555,3 +569,88 @@ def test_run_infer_bad_arguments():
     assert argv[argv.index("--amp") + 1] == "off"
     argv = run_infer.config_options(probs[1], cfg["c"], "cuda")
     assert argv[argv.index("--amp") + 1] == "bf16" and "--no_channels_last" not in argv
+
+
+# ----------------------------------------------------------------------------------------------------
+# benchmarks/timing.py: the one timer and its intervals
+
+
+def test_median_ci_is_the_binomial_order_statistic_interval():
+    import math
+
+    timing = _load_bench("timing")
+
+    def coverage(n, k):  # P(x_(k) <= median <= x_(n-1-k)) for a continuous distribution
+        return 1 - 2 * sum(math.comb(n, j) for j in range(k + 1)) / 2**n
+
+    for n in range(1, 300):
+        lo, hi = timing._median_ci_bounds(n)
+        assert hi == n - 1 - lo, n
+        if coverage(n, 0) < 0.95:  # too few samples for 95%: the full range
+            assert lo == 0, n
+            continue
+        assert coverage(n, lo) >= 0.95 and coverage(n, lo + 1) < 0.95, n  # the tightest interval that covers
+    xs = [float(v) for v in range(20, 0, -1)]
+    med, lo, hi = timing.median_ci(xs)
+    assert (med, lo, hi) == (10.5, 6.0, 15.0)  # n = 20: the 6th and 15th smallest
+    for n in (1001, 5000):  # normal approximation beyond 1000 samples: about 1.96 sqrt(n) / 2 either side
+        lo, hi = timing._median_ci_bounds(n)
+        assert abs((hi - lo) / 2 - 0.98 * n**0.5) <= 2 and hi == n - 1 - lo
+
+
+def test_ratio_ci_paired_and_unpaired():
+    import random
+
+    timing = _load_bench("timing")
+    rng = random.Random(0)
+    base = [rng.uniform(1, 2) for _ in range(30)]
+    assert timing.ratio_ci(base, [b / 3 for b in base]) == (3.0, 3.0, 3.0)  # exact pairs: no spread
+    noisy = [b / 3 * rng.uniform(0.9, 1.1) for b in base]
+    r, lo, hi = timing.ratio_ci(base, noisy)
+    quotients = sorted(b / t for b, t in zip(base, noisy, strict=True))
+    assert r == (quotients[14] + quotients[15]) / 2 and lo == quotients[9] and hi == quotients[20]  # n = 30
+    # Unequal lengths: the ratio of medians, a seeded bootstrap interval around it.
+    r2, lo2, hi2 = timing.ratio_ci(base, noisy[:-3])
+    assert abs(r2 - timing.statistics.median(base) / timing.statistics.median(noisy[:-3])) < 1e-12
+    assert lo2 <= r2 <= hi2 and timing.ratio_ci(base, noisy[:-3]) == (r2, lo2, hi2)
+    assert abs(timing.rel_halfwidth((2.0, 1.9, 2.1)) - 0.05) < 1e-12
+    for bad in (([], [1.0]), ([1.0], []), ([1.0, 0.0], [1.0, 1.0])):
+        try:
+            timing.ratio_ci(*bad)
+        except ValueError as e:
+            assert "ratio_ci" in str(e)
+        else:
+            raise AssertionError(f"{bad} accepted")
+
+
+def test_measure_interleaved_rounds_and_order():
+    timing = _load_bench("timing")
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
+    out = timing.measure_interleaved(fns, device="cpu", min_rounds=4, max_rounds=4, warmup=2, calls_per_round=2)
+    assert list(out) == ["a", "b", "c"] and all(len(v) == 8 and min(v) > 0 for v in out.values())
+    assert calls[:6] == ["a", "a", "b", "b", "c", "c"]  # warm-up
+    rounds = [calls[6 + 6 * k : 12 + 6 * k] for k in range(4)]
+    assert rounds == [  # each round every function twice, the order rotating by one
+        ["a", "a", "b", "b", "c", "c"],
+        ["b", "b", "c", "c", "a", "a"],
+        ["c", "c", "a", "a", "b", "b"],
+        ["a", "a", "b", "b", "c", "c"],
+    ]
+    # max_seconds ends the run after min_rounds even when the intervals are wide.
+    calls.clear()
+    out = timing.measure_interleaved(fns, device="cpu", min_rounds=3, max_rounds=10_000, max_seconds=0.0, warmup=0)
+    assert all(len(v) == 3 for v in out.values()) and len(calls) == 9
+    for kwargs in ({"min_rounds": 0}, {"min_rounds": 5, "max_rounds": 4}, {"calls_per_round": 0}, {"warmup": -1}):
+        try:
+            timing.measure_interleaved(fns, device="cpu", **kwargs)
+        except ValueError as e:
+            assert "measure_interleaved" in str(e)
+        else:
+            raise AssertionError(f"{kwargs} accepted")
+    try:
+        timing.measure_interleaved({}, device="cpu")
+    except ValueError as e:
+        assert "no functions" in str(e)
+    else:
+        raise AssertionError("no functions accepted")
