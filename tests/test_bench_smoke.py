@@ -562,13 +562,20 @@ def test_run_infer_bad_arguments():
     assert [(p.name, p.height, p.width) for p in probs] == [("local", 1024, 2048), ("global", 512, 1024)]
     assert [(p.name, p.height, p.width) for p in run_infer.problems_for("cpu")] == [("global", 256, 512)]
     assert "--ngf" in probs[0].options and probs[0].options[probs[0].options.index("--ngf") + 1] == "32"
-    assert run_infer.TARGETS[("gpu", "local")] == {"c": 3.0, "e": 3.0}
+    # The >= 3x target for ours through compile + CUDA graphs, at both GPU problems, read from targets.toml.
+    assert run_infer.infer_targets("gpu", "local") == {"c": 3.0, "e": 3.0}
+    assert run_infer.infer_targets("gpu", "global") == {"c": 3.0} and run_infer.infer_targets("cpu", "global") == {}
     cfg = {c.key: c for c in run_infer.CONFIGS}
     argv = run_infer.config_options(probs[1], cfg["a"], "cuda")
     assert argv[argv.index("--ops") + 1] == "reference" and "--no_channels_last" in argv
     assert argv[argv.index("--amp") + 1] == "off"
     argv = run_infer.config_options(probs[1], cfg["c"], "cuda")
     assert argv[argv.index("--amp") + 1] == "bf16" and "--no_channels_last" not in argv
+    # The stock twins: bf16 + channels-last with reference ops, eager and compiled.
+    for key, twin in run_infer.STOCK_TWIN.items():
+        argv = run_infer.config_options(probs[1], cfg[twin], "cuda")
+        assert argv[argv.index("--ops") + 1] == "reference" and argv[argv.index("--amp") + 1] == "bf16"
+        assert "--no_channels_last" not in argv and cfg[twin].backend == cfg[key].backend
 
 
 # ----------------------------------------------------------------------------------------------------
