@@ -36,6 +36,21 @@ TORCH_LIBRARY(pix2pixhd_fast, m) {
       "instance_norm_act_backward(Tensor grad_y, Tensor x, Tensor mean, Tensor rstd, Tensor? weight, "
       "Tensor? bias, float negative_slope, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
 
+  // instance_norm_act, then + residual, then ReflectionPad2d(pad), in one pass:
+  //   y [N,C,H+2*pad,W+2*pad] = pad(act(affine(norm(x))) + residual)
+  // x [N,C,H,W]; residual [N,C,H,W] of x's dtype or None (any strides, e.g. the interior view of the previous
+  // block's padded output); 0 <= pad < H, W. Returns (y like x's memory format, mean [N,C], rstd [N,C]).
+  m.def(
+      "instance_norm_act_pad(Tensor x, Tensor? weight, Tensor? bias, Tensor? residual, float eps, "
+      "float negative_slope, int pad) -> (Tensor, Tensor, Tensor)");
+  // grad_y [N,C,H+2*pad,W+2*pad]. Its reflected border is folded back onto the interior in the same pass as the
+  // norm backward. Returns (grad_x, grad_weight, grad_bias, grad_residual); grad_residual is the folded
+  // gradient [N,C,H,W]. Outputs not asked for by output_mask (or whose input is None) are empty [0] tensors,
+  // except grad_x, which is zeros.
+  m.def(
+      "instance_norm_act_pad_backward(Tensor grad_y, Tensor x, Tensor mean, Tensor rstd, Tensor? weight, "
+      "Tensor? bias, float negative_slope, int pad, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
+
   // Build description (JSON string): whether CUDA kernels were compiled, for which archs, torch/CUDA.
   m.def("build_info() -> str", []() -> std::string { return pix2pixhd_fast::build_info_json(); });
 }

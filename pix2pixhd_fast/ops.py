@@ -26,6 +26,7 @@ __all__ = [
     "instance_avg_pool",
     "instance_norm_act",
     "instance_norm_relu",
+    "instance_norm_act_pad",
     "has_ops",
 ]
 
@@ -240,6 +241,64 @@ def instance_norm_relu(
     return instance_norm_act(x, weight, bias, eps, 0.0)
 
 
+def instance_norm_act_pad(
+    x: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    eps: float = 1e-5,
+    negative_slope: float = 0.0,
+    pad: int = 0,
+) -> torch.Tensor:
+    """Fused instance norm + optional affine + LeakyReLU + residual add + ReflectionPad2d, in one pass.
+
+    ``y = ReflectionPad2d(pad)(instance_norm_act(x, weight, bias, eps, negative_slope) + residual)``: the norm
+    writes straight into the padded buffer that a following unpadded convolution reads, and the backward folds
+    the padded gradient's border back onto the interior in the same pass as the norm backward.
+
+    Args:
+        x: ``Tensor[N, C, H, W]`` fp32/fp16/bf16/fp64, NCHW or channels-last (kept in the output).
+        weight, bias: optional ``Tensor[C]``.
+        residual: optional ``Tensor[N, C, H, W]`` of x's dtype, any strides (e.g. ``y_prev[:, :, p:-p, p:-p]``,
+            the interior of the previous block's padded output: read in place, not copied).
+        eps: added to the biased variance over H*W.
+        negative_slope: 0.0 = ReLU, 0.2 = LeakyReLU(0.2), 1.0 = no activation.
+        pad: reflection padding on every side, ``0 <= pad < H`` and ``pad < W``.
+
+    Returns:
+        ``Tensor[N, C, H + 2*pad, W + 2*pad]`` of x's dtype. Differentiable in x, weight, bias and residual.
+    """
+    _check_float(x, "x")
+    if x.dim() != 4:
+        raise ValueError(f"x must have shape [N,C,H,W], got {tuple(x.shape)}")
+    for t, name in ((weight, "weight"), (bias, "bias")):
+        if t is not None:
+            _check_float(t, name)
+            if t.shape != (x.size(1),):
+                raise ValueError(f"{name} must have shape [C] = [{x.size(1)}], got {tuple(t.shape)}")
+            _check_same_device(x, "x", t, name)
+    _check_pad_args(x, residual, pad)
+    if not _lib.load():
+        return reference.instance_norm_act_pad(x, weight, bias, residual, eps, negative_slope, pad)
+    return torch.ops.pix2pixhd_fast.instance_norm_act_pad(
+        x, weight, bias, residual, float(eps), float(negative_slope), int(pad)
+    )[0]
+
+
+def _check_pad_args(x: torch.Tensor, residual: torch.Tensor | None, pad: int) -> None:
+    """The kernels' pad/residual rules (csrc/common/instance_norm_act_pad_host.h), for the API and the fake."""
+    if pad < 0:
+        raise ValueError(f"pad must be >= 0, got {pad}")
+    if pad > 0 and (pad >= x.size(2) or pad >= x.size(3)):
+        raise ValueError(f"reflection padding needs pad < H and pad < W, got pad {pad} for x of shape {tuple(x.shape)}")
+    if residual is not None:
+        if residual.shape != x.shape:
+            raise ValueError(f"residual shape {tuple(residual.shape)} must equal x shape {tuple(x.shape)}")
+        if residual.dtype != x.dtype:
+            raise ValueError(f"residual dtype {residual.dtype} must equal x dtype {x.dtype}")
+        _check_same_device(x, "x", residual, "residual")
+
+
 # ----------------------------------------------------------------------------------------------------
 # Fake kernels (registered once the library is loaded; autograd is registered by the library itself).
 
@@ -277,6 +336,23 @@ def _register() -> None:
         gw = torch.empty_like(weight) if weight is not None and output_mask[1] else x.new_empty((0,))
         gb = torch.empty_like(bias) if bias is not None and output_mask[2] else x.new_empty((0,))
         return gx, gw, gb
+
+    @torch.library.register_fake(lib + "instance_norm_act_pad")
+    def _(x, weight, bias, residual, eps, negative_slope, pad):
+        _check_pad_args(x, residual, pad)
+        n, c, h, w = x.shape
+        y = torch.empty((n, c, h + 2 * pad, w + 2 * pad), dtype=x.dtype, device=x.device, memory_format=_fmt(x))
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        stats = x.new_empty((n, c), dtype=acc)
+        return y, stats, stats.clone()
+
+    @torch.library.register_fake(lib + "instance_norm_act_pad_backward")
+    def _(grad_y, x, mean, rstd, weight, bias, negative_slope, pad, output_mask):
+        gx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_fmt(x))
+        gw = torch.empty_like(weight) if weight is not None and output_mask[1] else x.new_empty((0,))
+        gb = torch.empty_like(bias) if bias is not None and output_mask[2] else x.new_empty((0,))
+        gr = torch.empty_like(gx) if output_mask[3] else x.new_empty((0,))
+        return gx, gw, gb, gr
 
 
 if _lib.load():

@@ -18,6 +18,7 @@ __all__ = [
     "instance_avg_pool_loop",
     "instance_avg_pool_scatter",
     "instance_norm_act",
+    "instance_norm_act_pad",
     "get_edges",
 ]
 
@@ -145,6 +146,42 @@ def instance_norm_act(
     if negative_slope != 1.0:
         y = F.leaky_relu(y, negative_slope)
     return y.to(x.dtype).contiguous(memory_format=output_memory_format(x))
+
+
+def instance_norm_act_pad(
+    x: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    eps: float = 1e-5,
+    negative_slope: float = 0.0,
+    pad: int = 0,
+) -> torch.Tensor:
+    """``ReflectionPad2d(pad)(instance_norm_act(x, weight, bias, eps, negative_slope) + residual)``.
+
+    x: [N,C,H,W]; residual: [N,C,H,W] of x's dtype or None. Returns [N,C,H+2*pad,W+2*pad] of x's dtype, in x's
+    output memory format (the ResnetBlock's ``x + conv_block(x)`` followed by the next block's first pad).
+
+    The norm is written out with ``var_mean`` rather than ``F.instance_norm``: torch 2.14.1's CPU instance norm
+    backward returns wrong input gradients when the incoming gradient is channels-last, which the pad's backward
+    hands it for channels-last x.
+    """
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xa = x.to(acc)
+    var, mean = torch.var_mean(xa, dim=(2, 3), keepdim=True, correction=0)
+    y = (xa - mean) * torch.rsqrt(var + eps)
+    if weight is not None:
+        y = y * weight.to(acc).view(1, -1, 1, 1)
+    if bias is not None:
+        y = y + bias.to(acc).view(1, -1, 1, 1)
+    if negative_slope != 1.0:
+        y = F.leaky_relu(y, negative_slope)
+    y = y.to(x.dtype)
+    if residual is not None:
+        y = y + residual
+    if pad:
+        y = F.pad(y, (pad, pad, pad, pad), mode="reflect")
+    return y.contiguous(memory_format=output_memory_format(x))
 
 
 def output_memory_format(x: torch.Tensor) -> torch.memory_format:

@@ -232,6 +232,114 @@ Tensor3 instance_norm_act_autograd(const at::Tensor& x, const OptTensor& weight,
   return {out[0], out[1], out[2]};
 }
 
+// ---- instance_norm_act_pad: differentiable in x, weight, bias and residual ----------------------------------
+// As instance_norm_act; the backward op folds the padded gradient and returns the folded gradient as the
+// residual's. Double backward is refused the same way (the backward op's node raises when reached).
+
+using Tensor4 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+Tensor3 norm_pad(const at::Tensor& x, const OptTensor& weight, const OptTensor& bias, const OptTensor& residual,
+                 double eps, double negative_slope, int64_t pad) {
+  static const auto op =
+      find_op<Tensor3(const at::Tensor&, const OptTensor&, const OptTensor&, const OptTensor&, double, double,
+                      int64_t)>("pix2pixhd_fast::instance_norm_act_pad");
+  return op.call(x, weight, bias, residual, eps, negative_slope, pad);
+}
+
+Tensor4 norm_pad_backward(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& mean,
+                          const at::Tensor& rstd, const OptTensor& weight, const OptTensor& bias,
+                          double negative_slope, int64_t pad, std::array<bool, 4> output_mask) {
+  static const auto op =
+      find_op<Tensor4(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const OptTensor&,
+                      const OptTensor&, double, int64_t, std::array<bool, 4>)>(
+          "pix2pixhd_fast::instance_norm_act_pad_backward");
+  return op.call(grad_y, x, mean, rstd, weight, bias, negative_slope, pad, output_mask);
+}
+
+class InstanceNormActPadBackwardFunction : public torch::autograd::Function<InstanceNormActPadBackwardFunction> {
+ public:
+  static variable_list forward(AutogradContext* /*ctx*/, const at::Tensor& grad_y, const at::Tensor& x,
+                               const at::Tensor& mean, const at::Tensor& rstd, const OptTensor& weight,
+                               const OptTensor& bias, double negative_slope, int64_t pad,
+                               std::array<bool, 4> output_mask) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [gx, gw, gb, gr] = norm_pad_backward(grad_y, x, mean, rstd, weight, bias, negative_slope, pad, output_mask);
+    return {gx, gw, gb, gr};
+  }
+
+  static variable_list backward(AutogradContext* /*ctx*/, const variable_list& /*grads*/) {
+    TORCH_CHECK(false,
+                "pix2pixhd_fast::instance_norm_act_pad: double backward is not supported (a gradient of its "
+                "gradients); use nn.InstanceNorm2d + LeakyReLU + ReflectionPad2d there");
+    return {};
+  }
+};
+
+Tensor4 instance_norm_act_pad_backward_autograd(const at::Tensor& grad_y, const at::Tensor& x,
+                                                const at::Tensor& mean, const at::Tensor& rstd,
+                                                const OptTensor& weight, const OptTensor& bias,
+                                                double negative_slope, int64_t pad,
+                                                std::array<bool, 4> output_mask) {
+  if (!records_graph(grad_y, x, mean, rstd, weight, bias)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return norm_pad_backward(grad_y, x, mean, rstd, weight, bias, negative_slope, pad, output_mask);
+  }
+  auto g = InstanceNormActPadBackwardFunction::apply(grad_y, x, mean, rstd, weight, bias, negative_slope, pad,
+                                                     output_mask);
+  return {g[0], g[1], g[2], g[3]};
+}
+
+class InstanceNormActPadFunction : public torch::autograd::Function<InstanceNormActPadFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const OptTensor& weight,
+                               const OptTensor& bias, const OptTensor& residual, double eps, double negative_slope,
+                               int64_t pad) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [y, mean, rstd] = norm_pad(x, weight, bias, residual, eps, negative_slope, pad);
+    ctx->saved_data["negative_slope"] = negative_slope;
+    ctx->saved_data["pad"] = pad;
+    ctx->saved_data["has_residual"] = given(residual);
+    // The residual itself is not saved: its gradient does not depend on it.
+    ctx->save_for_backward({x, mean, rstd, weight.value_or(at::Tensor()), bias.value_or(at::Tensor())});
+    ctx->mark_non_differentiable({mean, rstd});
+    ctx->set_materialize_grads(false);
+    return {y, mean, rstd};
+  }
+
+  static variable_list backward(AutogradContext* ctx, const variable_list& grads) {
+    variable_list out(7);  // x, weight, bias, residual, eps, negative_slope, pad
+    const at::Tensor& grad_y = grads[0];
+    if (!grad_y.defined()) return out;
+    const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &mean = saved[1], &rstd = saved[2], &weight = saved[3], &bias = saved[4];
+    // needs_input_grad counts the given tensors only: x, then weight, bias and residual when present.
+    const bool has_w = weight.defined(), has_b = bias.defined();
+    const bool has_r = ctx->saved_data["has_residual"].toBool();
+    const int iw = 1, ib = iw + has_w, ir = ib + has_b;
+    const std::array<bool, 4> mask{ctx->needs_input_grad(0), has_w && ctx->needs_input_grad(iw),
+                                   has_b && ctx->needs_input_grad(ib), has_r && ctx->needs_input_grad(ir)};
+    if (!mask[0] && !mask[1] && !mask[2] && !mask[3]) return out;
+    auto [gx, gw, gb, gr] = norm_pad_backward(grad_y, x, mean, rstd, optional_of(weight), optional_of(bias),
+                                              ctx->saved_data["negative_slope"].toDouble(),
+                                              ctx->saved_data["pad"].toInt(), mask);
+    if (mask[0]) out[0] = gx;
+    if (mask[1]) out[1] = gw;
+    if (mask[2]) out[2] = gb;
+    if (mask[3]) out[3] = gr;
+    return out;
+  }
+};
+
+Tensor3 instance_norm_act_pad_autograd(const at::Tensor& x, const OptTensor& weight, const OptTensor& bias,
+                                       const OptTensor& residual, double eps, double negative_slope, int64_t pad) {
+  if (!records_graph(x, weight, bias, residual)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return norm_pad(x, weight, bias, residual, eps, negative_slope, pad);
+  }
+  auto out = InstanceNormActPadFunction::apply(x, weight, bias, residual, eps, negative_slope, pad);
+  return {out[0], out[1], out[2]};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pix2pixhd_fast, Autograd, m) {
@@ -240,6 +348,8 @@ TORCH_LIBRARY_IMPL(pix2pixhd_fast, Autograd, m) {
   m.impl("instance_avg_pool", &instance_avg_pool_autograd);
   m.impl("instance_norm_act", &instance_norm_act_autograd);
   m.impl("instance_norm_act_backward", &instance_norm_act_backward_autograd);
+  m.impl("instance_norm_act_pad", &instance_norm_act_pad_autograd);
+  m.impl("instance_norm_act_pad_backward", &instance_norm_act_pad_backward_autograd);
 }
 
 }  // namespace pix2pixhd_fast

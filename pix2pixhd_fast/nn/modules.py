@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -42,6 +44,49 @@ class InstanceNormAct(nn.Module):
 
 class InstanceNormReLU(InstanceNormAct):
     """Fused ``InstanceNorm2d`` + ``ReLU`` (``negative_slope`` 0.0 by default; 0.2 gives the D's LeakyReLU)."""
+
+
+class InstanceNormActPad(InstanceNormAct):
+    """``InstanceNormAct`` + optional residual add + ``nn.ReflectionPad2d(pad)``, fused (``instance_norm_act_pad``).
+
+    ``forward(x, residual=None)``: ``Tensor[N, C, H, W] -> Tensor[N, C, H + 2*pad, W + 2*pad]``, computing
+    ``pad(act(norm(x)) + residual)`` in one pass, so the following convolution reads its padded input without a
+    pad kernel. ``residual`` (``Tensor[N, C, H, W]``, x's dtype, any strides) is the ResnetBlock's skip input.
+    Same parameters and state_dict keys as ``nn.InstanceNorm2d(num_features, eps, affine=affine)``; the pad has
+    none. Needs ``pad < H`` and ``pad < W`` (as ReflectionPad2d).
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        affine: bool = False,
+        negative_slope: float = 0.0,
+        pad: int = 0,
+    ):
+        super().__init__(num_features, eps=eps, affine=affine, negative_slope=negative_slope)
+        if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
+            raise ValueError(f"pad must be an int >= 0, got {pad!r}")
+        self.pad = pad
+
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045
+        if torch.jit.is_scripting():
+            return torch.ops.pix2pixhd_fast.instance_norm_act_pad(
+                x, self.weight, self.bias, residual, self.eps, self.negative_slope, self.pad
+            )[0]
+        return self._eager(x, residual)
+
+    @torch.jit.unused
+    def _eager(self, x: torch.Tensor, residual: Optional[torch.Tensor]) -> torch.Tensor:  # noqa: UP045
+        # The Python API: argument checks with Python exceptions, and the reference when the library is missing.
+        if x.dim() != 4 or x.size(1) != self.num_features:
+            raise ValueError(
+                f"{type(self).__name__}({self.num_features}) expects [N,{self.num_features},H,W], got {tuple(x.shape)}"
+            )
+        return ops.instance_norm_act_pad(x, self.weight, self.bias, residual, self.eps, self.negative_slope, self.pad)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, pad={self.pad}"
 
 
 class InstanceAvgPool(nn.Module):

@@ -1,0 +1,479 @@
+// Fused instance norm + affine + LeakyReLU + residual add + ReflectionPad2d (forward and backward): CPU kernels.
+//
+// Forward: statistics of x per (n,c) plane, then one pass that normalizes each source row once, adds the
+// residual (read through its strides: typically the interior view of the previous block's padded output) and
+// writes the row to every padded row that reflects it (1 to 3), borders included. No pad kernel, no copy.
+//
+// Backward: the padded gradient's reflected border is folded back onto the interior row by row (a row of the
+// folded gradient is formed in a small buffer from the 1-3 padded rows that read it) in the same pass that
+// reduces sum(dz), sum(dz * xhat); the dx pass folds again (NCHW: from the plane buffer) and writes the folded
+// gradient as grad_residual. NCHW works plane by plane; channels-last row by row with per-channel partials.
+//
+// Statistics: exact two-pass within blocks that sit in L1, blocks merged with Chan's formula in double, so a
+// large mean offset costs no precision (as instance_norm_act).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "common/instance_norm_act_pad_host.h"
+#include "common/op_utils.h"
+#include "common/reflect_pad.h"
+
+namespace pix2pixhd_fast {
+namespace {
+
+using namespace pad_host;
+using p2phd::pad::readers;
+using p2phd::pad::reflect;
+
+// Accumulation type: float for fp32/fp16/bf16, double for fp64.
+template <typename T>
+using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+template <typename T>
+inline acc_t<T> ld(T v) {
+  return static_cast<acc_t<T>>(v);
+}
+
+template <typename A>
+inline A leaky(A z, A slope) {
+  return z > A(0) ? z : z * slope;
+}
+
+// Running (count, mean, M2) in double; Chan's parallel merge.
+struct Moments {
+  double n = 0, mean = 0, m2 = 0;
+  void merge(double nb, double mb, double m2b) {
+    if (nb <= 0) return;
+    const double tot = n + nb, delta = mb - mean, f = nb / tot;
+    mean += delta * f;
+    m2 += m2b + delta * delta * n * f;
+    n = tot;
+  }
+};
+
+constexpr int64_t kBlock = 4096;  // elements per two-pass block (16 KB fp32: stays in L1)
+
+template <typename A>
+A rstd_of(double var, double eps) {
+  return static_cast<A>(1.0 / std::sqrt(std::max(var, 0.0) + eps));
+}
+
+// A residual read through its strides (null when absent).
+template <typename T>
+struct Residual {
+  const T* p = nullptr;
+  int64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  acc_t<T> at(int64_t n, int64_t c, int64_t h, int64_t w) const {
+    return ld(p[n * s0 + c * s1 + h * s2 + w * s3]);
+  }
+};
+
+// Per-plane forward coefficients: y = act((x - mean) * a + beta).
+template <typename A>
+struct Coef {
+  std::vector<A> mean, a, beta;
+};
+
+template <typename T>
+Coef<acc_t<T>> stats_nchw(const T* x, int64_t N, int64_t C, int64_t hw, const acc_t<T>* w, const acc_t<T>* b,
+                          double eps, acc_t<T>* mean_out, acc_t<T>* rstd_out) {
+  using A = acc_t<T>;
+  const int64_t planes = N * C;
+  Coef<A> k{std::vector<A>(planes), std::vector<A>(planes), std::vector<A>(planes)};
+  at::parallel_for(0, planes, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t pl = lo; pl < hi; ++pl) {
+      const T* p = x + pl * hw;
+      Moments m;
+      for (int64_t b0 = 0; b0 < hw; b0 += kBlock) {
+        const int64_t len = std::min(kBlock, hw - b0);
+        A s = 0;
+        for (int64_t i = 0; i < len; ++i) s += ld(p[b0 + i]);
+        const A mb = s / static_cast<A>(len);
+        A q = 0;
+        for (int64_t i = 0; i < len; ++i) {
+          const A d = ld(p[b0 + i]) - mb;
+          q += d * d;
+        }
+        m.merge(static_cast<double>(len), mb, q);
+      }
+      const A r = rstd_of<A>(m.m2 / static_cast<double>(hw), eps);
+      const int64_t c = pl % C;
+      mean_out[pl] = k.mean[pl] = static_cast<A>(m.mean);
+      rstd_out[pl] = r;
+      k.a[pl] = r * (w ? w[c] : A(1));
+      k.beta[pl] = b ? b[c] : A(0);
+    }
+  });
+  return k;
+}
+
+// Channels-last statistics: per (image, pixel chunk) two-pass partials per channel, merged exactly in double.
+template <typename T>
+Coef<acc_t<T>> stats_cl(const T* x, int64_t N, int64_t C, int64_t hw, const acc_t<T>* w, const acc_t<T>* b,
+                        double eps, acc_t<T>* mean_out, acc_t<T>* rstd_out) {
+  using A = acc_t<T>;
+  const int64_t cp = std::max<int64_t>(1, kBlock / C), nchunk = (hw + cp - 1) / cp;
+  std::vector<double> pmean(N * nchunk * C), pm2(N * nchunk * C);
+  at::parallel_for(0, N * nchunk, 1, [&](int64_t lo, int64_t hi) {
+    std::vector<A> s(C), mb(C);
+    for (int64_t t = lo; t < hi; ++t) {
+      const int64_t n = t / nchunk, p0 = (t % nchunk) * cp, len = std::min(cp, hw - p0);
+      const T* p = x + (n * hw + p0) * C;
+      std::fill(s.begin(), s.end(), A(0));
+      for (int64_t q = 0; q < len; ++q)
+        for (int64_t c = 0; c < C; ++c) s[c] += ld(p[q * C + c]);
+      for (int64_t c = 0; c < C; ++c) {
+        mb[c] = s[c] / static_cast<A>(len);
+        s[c] = 0;
+      }
+      for (int64_t q = 0; q < len; ++q)
+        for (int64_t c = 0; c < C; ++c) {
+          const A d = ld(p[q * C + c]) - mb[c];
+          s[c] += d * d;
+        }
+      for (int64_t c = 0; c < C; ++c) {
+        pmean[t * C + c] = mb[c];
+        pm2[t * C + c] = s[c];
+      }
+    }
+  });
+  Coef<A> k{std::vector<A>(N * C), std::vector<A>(N * C), std::vector<A>(N * C)};
+  at::parallel_for(0, N * C, 64, [&](int64_t lo, int64_t hi) {
+    for (int64_t pl = lo; pl < hi; ++pl) {
+      const int64_t n = pl / C, c = pl % C;
+      double s = 0;
+      for (int64_t j = 0; j < nchunk; ++j) s += std::min(cp, hw - j * cp) * pmean[(n * nchunk + j) * C + c];
+      const double mean = s / static_cast<double>(hw);
+      double m2 = 0;
+      for (int64_t j = 0; j < nchunk; ++j) {
+        const double d = pmean[(n * nchunk + j) * C + c] - mean;
+        m2 += pm2[(n * nchunk + j) * C + c] + std::min(cp, hw - j * cp) * d * d;
+      }
+      const A r = rstd_of<A>(m2 / static_cast<double>(hw), eps);
+      mean_out[pl] = k.mean[pl] = static_cast<A>(mean);
+      rstd_out[pl] = r;
+      k.a[pl] = r * (w ? w[c] : A(1));
+      k.beta[pl] = b ? b[c] : A(0);
+    }
+  });
+  return k;
+}
+
+// Writes a finished source row (`len` = W elements of `e` values each: e = 1 NCHW, C channels-last) to padded row
+// `dst` of Wo = W + 2p positions, reflecting the borders.
+template <typename T>
+inline void write_padded_row(const T* row, T* dst, int64_t W, int64_t p, int64_t e) {
+  std::memcpy(dst + p * e, row, sizeof(T) * W * e);
+  for (int64_t o = 0; o < p; ++o) {
+    std::memcpy(dst + o * e, row + reflect(o - p, W) * e, sizeof(T) * e);
+    const int64_t o2 = p + W + o;
+    std::memcpy(dst + o2 * e, row + reflect(o2 - p, W) * e, sizeof(T) * e);
+  }
+}
+
+template <typename T>
+void normalize_pad(const T* x, T* y, int64_t N, int64_t C, int64_t H, int64_t W, int64_t p, bool cl,
+                   const Coef<acc_t<T>>& k, acc_t<T> slope, const Residual<T>& res) {
+  using A = acc_t<T>;
+  const int64_t Ho = H + 2 * p, Wo = W + 2 * p;
+  if (!cl) {
+    const int64_t grain = std::max<int64_t>(1, 16384 / W);
+    at::parallel_for(0, N * C * H, grain, [&](int64_t lo, int64_t hi) {
+      std::vector<T> row(W);
+      int64_t dst_rows[3];
+      for (int64_t r = lo; r < hi; ++r) {
+        const int64_t pl = r / H, h = r % H, n = pl / C, c = pl % C;
+        const T* px = x + r * W;
+        const A mean = k.mean[pl], a = k.a[pl], beta = k.beta[pl];
+        if (res.p) {
+          for (int64_t w = 0; w < W; ++w)
+            row[w] = static_cast<T>(leaky((ld(px[w]) - mean) * a + beta, slope) + res.at(n, c, h, w));
+        } else {
+          for (int64_t w = 0; w < W; ++w) row[w] = static_cast<T>(leaky((ld(px[w]) - mean) * a + beta, slope));
+        }
+        const int cnt = readers(h, H, p, dst_rows);
+        for (int i = 0; i < cnt; ++i) write_padded_row(row.data(), y + (pl * Ho + dst_rows[i]) * Wo, W, p, 1);
+      }
+    });
+    return;
+  }
+  const int64_t grain = std::max<int64_t>(1, 16384 / (W * C));
+  at::parallel_for(0, N * H, grain, [&](int64_t lo, int64_t hi) {
+    std::vector<T> row(W * C);
+    int64_t dst_rows[3];
+    for (int64_t r = lo; r < hi; ++r) {
+      const int64_t n = r / H, h = r % H;
+      const T* px = x + r * W * C;
+      const A* mean = &k.mean[n * C];
+      const A* a = &k.a[n * C];
+      const A* beta = &k.beta[n * C];
+      for (int64_t w = 0; w < W; ++w) {
+        T* o = row.data() + w * C;
+        const T* q = px + w * C;
+        if (res.p) {
+          for (int64_t c = 0; c < C; ++c)
+            o[c] = static_cast<T>(leaky((ld(q[c]) - mean[c]) * a[c] + beta[c], slope) + res.at(n, c, h, w));
+        } else {
+          for (int64_t c = 0; c < C; ++c) o[c] = static_cast<T>(leaky((ld(q[c]) - mean[c]) * a[c] + beta[c], slope));
+        }
+      }
+      const int cnt = readers(h, H, p, dst_rows);
+      for (int i = 0; i < cnt; ++i) write_padded_row(row.data(), y + ((n * Ho + dst_rows[i]) * Wo) * C, W, p, C);
+    }
+  });
+}
+
+// Folded gradient of source row h (e values per pixel): g[w*e + j] = sum over the padded rows and columns that
+// read (h, w) of gy. `gy_img` points at the padded plane (NCHW) or image (channels-last); `tmp` holds Wo*e.
+template <typename T>
+inline void fold_row(const T* gy_img, int64_t h, int64_t H, int64_t W, int64_t p, int64_t e, acc_t<T>* tmp,
+                     acc_t<T>* g) {
+  using A = acc_t<T>;
+  const int64_t Wo = W + 2 * p, len = Wo * e;
+  int64_t rows[3], cols[3];
+  const int nr = readers(h, H, p, rows);
+  const T* r0 = gy_img + rows[0] * len;
+  for (int64_t i = 0; i < len; ++i) tmp[i] = ld(r0[i]);
+  for (int k = 1; k < nr; ++k) {
+    const T* rk = gy_img + rows[k] * len;
+    for (int64_t i = 0; i < len; ++i) tmp[i] += ld(rk[i]);
+  }
+  for (int64_t w = 0; w < W; ++w) {
+    A* o = g + w * e;
+    const A* t0 = tmp + (w + p) * e;
+    for (int64_t j = 0; j < e; ++j) o[j] = t0[j];
+    if (p == 0) continue;
+    const int nc = readers(w, W, p, cols);
+    for (int k = 1; k < nc; ++k) {
+      const A* tk = tmp + cols[k] * e;
+      for (int64_t j = 0; j < e; ++j) o[j] += tk[j];
+    }
+  }
+}
+
+// Backward coefficients per plane, in the accumulation type.
+template <typename A>
+struct BwdCoef {
+  const A* mean;
+  const A* rstd;
+  const A* w;  // [C] or null
+  const A* b;  // [C] or null
+};
+
+template <typename T>
+void backward_nchw(const T* x, const T* gy, T* gx, T* gres, int64_t N, int64_t C, int64_t H, int64_t W, int64_t p,
+                   BwdCoef<acc_t<T>> k, acc_t<T> slope, double* sdz, double* sdzx) {
+  using A = acc_t<T>;
+  const int64_t hw = H * W, Ho = H + 2 * p, Wo = W + 2 * p;
+  at::parallel_for(0, N * C, 1, [&](int64_t lo, int64_t hi) {
+    std::vector<A> g(hw), tmp(Wo);
+    for (int64_t pl = lo; pl < hi; ++pl) {
+      const int64_t c = pl % C;
+      const A mean = k.mean[pl], rstd = k.rstd[pl], w = k.w ? k.w[c] : A(1), beta = k.b ? k.b[c] : A(0);
+      const T* px = x + pl * hw;
+      double d1 = 0, d2 = 0;
+      for (int64_t h = 0; h < H; ++h) {
+        A* gr = g.data() + h * W;
+        fold_row(gy + pl * Ho * Wo, h, H, W, p, 1, tmp.data(), gr);
+        A t1 = 0, t2 = 0;
+        for (int64_t i = 0; i < W; ++i) {
+          const A xh = (ld(px[h * W + i]) - mean) * rstd;
+          const A dz = xh * w + beta > A(0) ? gr[i] : gr[i] * slope;
+          t1 += dz;
+          t2 += dz * xh;
+        }
+        d1 += t1;
+        d2 += t2;
+      }
+      sdz[pl] = d1;
+      sdzx[pl] = d2;
+      if (gres)
+        for (int64_t i = 0; i < hw; ++i) gres[pl * hw + i] = static_cast<T>(g[i]);
+      if (!gx) continue;
+      const A m1 = static_cast<A>(d1 / hw), m2 = static_cast<A>(d2 / hw), gs = rstd * w;
+      for (int64_t i = 0; i < hw; ++i) {
+        const A xh = (ld(px[i]) - mean) * rstd;
+        const A dz = xh * w + beta > A(0) ? g[i] : g[i] * slope;
+        gx[pl * hw + i] = static_cast<T>(gs * (dz - m1 - xh * m2));
+      }
+    }
+  });
+}
+
+template <typename T>
+void backward_cl(const T* x, const T* gy, T* gx, T* gres, int64_t N, int64_t C, int64_t H, int64_t W, int64_t p,
+                 BwdCoef<acc_t<T>> k, acc_t<T> slope, double* sdz, double* sdzx) {
+  using A = acc_t<T>;
+  const int64_t Ho = H + 2 * p, Wo = W + 2 * p, hw = H * W;
+  const int64_t grain = std::max<int64_t>(1, 16384 / (W * C));
+  std::vector<A> kmean(N * C), krstd(N * C), kw(N * C), kb(N * C), km1(N * C), km2(N * C);
+  for (int64_t pl = 0; pl < N * C; ++pl) {
+    const int64_t c = pl % C;
+    kmean[pl] = k.mean[pl];
+    krstd[pl] = k.rstd[pl];
+    kw[pl] = k.w ? k.w[c] : A(1);
+    kb[pl] = k.b ? k.b[c] : A(0);
+  }
+  // Pass 1: per-row partial sums per channel.
+  std::vector<double> p1(N * H * C), p2(N * H * C);
+  at::parallel_for(0, N * H, grain, [&](int64_t lo, int64_t hi) {
+    std::vector<A> g(W * C), tmp(Wo * C), s1(C), s2(C);
+    for (int64_t r = lo; r < hi; ++r) {
+      const int64_t n = r / H, h = r % H, o = n * C;
+      fold_row(gy + n * Ho * Wo * C, h, H, W, p, C, tmp.data(), g.data());
+      std::fill(s1.begin(), s1.end(), A(0));
+      std::fill(s2.begin(), s2.end(), A(0));
+      const T* px = x + r * W * C;
+      for (int64_t w = 0; w < W; ++w)
+        for (int64_t c = 0; c < C; ++c) {
+          const A xh = (ld(px[w * C + c]) - kmean[o + c]) * krstd[o + c];
+          const A gv = g[w * C + c];
+          const A dz = xh * kw[o + c] + kb[o + c] > A(0) ? gv : gv * slope;
+          s1[c] += dz;
+          s2[c] += dz * xh;
+        }
+      for (int64_t c = 0; c < C; ++c) {
+        p1[r * C + c] = s1[c];
+        p2[r * C + c] = s2[c];
+      }
+    }
+  });
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c) {
+      double a1 = 0, a2 = 0;
+      for (int64_t h = 0; h < H; ++h) {
+        a1 += p1[(n * H + h) * C + c];
+        a2 += p2[(n * H + h) * C + c];
+      }
+      sdz[n * C + c] = a1;
+      sdzx[n * C + c] = a2;
+      km1[n * C + c] = static_cast<A>(a1 / hw);
+      km2[n * C + c] = static_cast<A>(a2 / hw);
+    }
+  if (!gx && !gres) return;
+  // Pass 2: fold again, write dx and the folded gradient.
+  at::parallel_for(0, N * H, grain, [&](int64_t lo, int64_t hi) {
+    std::vector<A> g(W * C), tmp(Wo * C);
+    for (int64_t r = lo; r < hi; ++r) {
+      const int64_t n = r / H, h = r % H, o = n * C;
+      fold_row(gy + n * Ho * Wo * C, h, H, W, p, C, tmp.data(), g.data());
+      if (gres)
+        for (int64_t i = 0; i < W * C; ++i) gres[r * W * C + i] = static_cast<T>(g[i]);
+      if (!gx) continue;
+      const T* px = x + r * W * C;
+      T* pd = gx + r * W * C;
+      for (int64_t w = 0; w < W; ++w)
+        for (int64_t c = 0; c < C; ++c) {
+          const A xh = (ld(px[w * C + c]) - kmean[o + c]) * krstd[o + c];
+          const A gv = g[w * C + c];
+          const A dz = xh * kw[o + c] + kb[o + c] > A(0) ? gv : gv * slope;
+          pd[w * C + c] = static_cast<T>(krstd[o + c] * kw[o + c] * (dz - km1[o + c] - xh * km2[o + c]));
+        }
+    }
+  });
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_act_pad_cpu(
+    const at::Tensor& x, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& residual, double eps, double negative_slope, int64_t pad) {
+  check_forward(x, weight, bias, residual, eps, pad);
+  TORCH_CHECK(x.device().is_cpu(), "instance_norm_act_pad: x must be a CPU tensor, got ", x.device().str());
+  const auto fmt = memory_format_of(x);
+  auto [y, mean, rstd] = forward_outputs(x, pad, fmt);
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  if (N * C == 0) return {y, mean, rstd};
+  if (H * W == 0) {
+    empty_plane_stats(mean, rstd, eps);
+    return {y, mean, rstd};
+  }
+  const auto acc = acc_type_of(x);
+  const auto xc = x.contiguous(fmt);
+  const auto w = norm_host::affine_as(weight, acc), b = norm_host::affine_as(bias, acc);
+  const bool cl = fmt == at::MemoryFormat::ChannelsLast;
+  // Named copies for the lambda below (C++17 forbids capturing structured bindings).
+  at::Tensor yt = y, mt = mean, rt = rstd;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "instance_norm_act_pad_cpu", [&] {
+    using A = acc_t<scalar_t>;
+    const A* wp = w.defined() ? w.const_data_ptr<A>() : nullptr;
+    const A* bp = b.defined() ? b.const_data_ptr<A>() : nullptr;
+    const scalar_t* xp = xc.const_data_ptr<scalar_t>();
+    A* mp = mt.mutable_data_ptr<A>();
+    A* rp = rt.mutable_data_ptr<A>();
+    const auto k = cl ? stats_cl<scalar_t>(xp, N, C, H * W, wp, bp, eps, mp, rp)
+                      : stats_nchw<scalar_t>(xp, N, C, H * W, wp, bp, eps, mp, rp);
+    Residual<scalar_t> res;
+    if (given(residual)) {
+      res.p = residual->const_data_ptr<scalar_t>();
+      res.s0 = residual->stride(0);
+      res.s1 = residual->stride(1);
+      res.s2 = residual->stride(2);
+      res.s3 = residual->stride(3);
+    }
+    normalize_pad<scalar_t>(xp, yt.mutable_data_ptr<scalar_t>(), N, C, H, W, pad, cl, k,
+                            static_cast<A>(negative_slope), res);
+  });
+  return {y, mean, rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> instance_norm_act_pad_backward_cpu(
+    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& rstd,
+    const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, double negative_slope,
+    int64_t pad, std::array<bool, 4> output_mask) {
+  check_backward(grad_y, x, mean, rstd, weight, bias, pad);
+  TORCH_CHECK(x.device().is_cpu(), "instance_norm_act_pad_backward: x must be a CPU tensor, got ",
+              x.device().str());
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const auto acc = acc_type_of(x);
+  const bool need_w = given(weight) && output_mask[1], need_b = given(bias) && output_mask[2];
+  const bool need_r = output_mask[3];
+  const auto fmt = memory_format_of(x);
+
+  at::Tensor gx = at::empty(x.sizes(), x.options(), fmt);
+  if (!output_mask[0]) gx.zero_();  // undefined-free outputs: an unneeded grad_x is zeros
+  at::Tensor gres = need_r ? at::empty(x.sizes(), x.options(), fmt) : at::empty({0}, x.options());
+  auto sdz = at::zeros({N, C}, x.options().dtype(at::kDouble));
+  auto sdzx = at::zeros({N, C}, x.options().dtype(at::kDouble));
+  if (N * C * H * W > 0 && (output_mask[0] || need_w || need_b || need_r)) {
+    const auto xc = x.contiguous(fmt);
+    const auto gyc = grad_y.to(x.scalar_type()).contiguous(fmt);
+    const auto meanc = mean.contiguous(), rstdc = rstd.contiguous();
+    const auto w = norm_host::affine_as(weight, acc), b = norm_host::affine_as(bias, acc);
+    const bool cl = fmt == at::MemoryFormat::ChannelsLast;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "instance_norm_act_pad_backward_cpu",
+                                    [&] {
+                                      using A = acc_t<scalar_t>;
+                                      const BwdCoef<A> k{meanc.const_data_ptr<A>(), rstdc.const_data_ptr<A>(),
+                                                         w.defined() ? w.const_data_ptr<A>() : nullptr,
+                                                         b.defined() ? b.const_data_ptr<A>() : nullptr};
+                                      scalar_t* gxp = output_mask[0] ? gx.mutable_data_ptr<scalar_t>() : nullptr;
+                                      scalar_t* grp = need_r ? gres.mutable_data_ptr<scalar_t>() : nullptr;
+                                      const auto fn = cl ? backward_cl<scalar_t> : backward_nchw<scalar_t>;
+                                      fn(xc.const_data_ptr<scalar_t>(), gyc.const_data_ptr<scalar_t>(), gxp, grp, N,
+                                         C, H, W, pad, k, static_cast<A>(negative_slope),
+                                         sdz.mutable_data_ptr<double>(), sdzx.mutable_data_ptr<double>());
+                                    });
+  } else if (need_r) {
+    gres.zero_();
+  }
+  // dw = sum_n sum(dz * xhat), db = sum_n sum(dz), in double, then cast to the parameter's dtype.
+  at::Tensor gw = need_w ? sdzx.sum(0).to(weight->scalar_type()) : at::empty({0}, x.options());
+  at::Tensor gb = need_b ? sdz.sum(0).to(bias->scalar_type()) : at::empty({0}, x.options());
+  return {gx, gw, gb, gres};
+}
+
+TORCH_LIBRARY_IMPL(pix2pixhd_fast, CPU, m) {
+  m.impl("instance_norm_act_pad", &instance_norm_act_pad_cpu);
+  m.impl("instance_norm_act_pad_backward", &instance_norm_act_pad_backward_cpu);
+}
+
+}  // namespace pix2pixhd_fast
