@@ -6,6 +6,34 @@ import argparse
 import json
 import sys
 import time
+import traceback
+
+# Errors a user can cause and fix (bad options, data or files, a missing optional package): one line on stderr and
+# exit status 2, the traceback only with --verbose. Anything else is a bug and keeps its traceback.
+_USER_ERRORS = (ValueError, OSError, ImportError)
+
+
+def _one_line(e: BaseException) -> str:
+    """The message of ``e``; for an error re-raised from a DataLoader worker, the worker's own message (the last
+    line of the worker traceback that torch puts into the text)."""
+    text = str(e)
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        name, sep, rest = last.partition(": ")
+        text = rest if sep and name.replace(".", "").isidentifier() else last
+    return text
+
+
+def _fail(command: str, e: BaseException, verbose: bool) -> int:
+    if verbose:
+        traceback.print_exc()
+    print(f"pix2pixhd-fast {command}: error: {_one_line(e)}", file=sys.stderr)
+    return 2
+
+
+def _interrupted(command: str) -> int:
+    print(f"pix2pixhd-fast {command}: interrupted (files already written are complete)", file=sys.stderr)
+    return 130
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -24,20 +52,20 @@ def _cmd_check_ops(args: argparse.Namespace) -> int:
     info = build_info()
     print(f"pix2pixhd_fast ops loaded: {info['ops_loaded']}  CUDA kernels: {info['cuda_kernels']} {info['cuda_archs']}")
     device = "cuda" if torch.cuda.is_available() and info["cuda_kernels"] else "cpu"
+    import numpy as np
+
+    from .data import render_scene
+
     g = torch.Generator().manual_seed(args.seed)
     n, h, w, label_nc = 1, args.height, args.width, 35
-    # Blocky scene: sky / building / road bands, then cars (class 26) and people (24) as rectangles.
-    label = torch.full((n, 1, h, w), 23, dtype=torch.int32)
-    label[:, :, h // 3 :, :] = 11
-    label[:, :, 2 * h // 3 :, :] = 7
-    inst = label.clone()
-    for k in range(args.objects):
-        cls = 26 if k % 2 == 0 else 24
-        y0 = int(torch.randint(h // 2, h - 8, (1,), generator=g))
-        x0 = int(torch.randint(0, w - 16, (1,), generator=g))
-        label[:, :, y0 : y0 + 8, x0 : x0 + 16] = cls
-        inst[:, :, y0 : y0 + 8, x0 : x0 + 16] = cls * 1000 + k
-    label, inst = label.to(device), inst.to(device)
+    if h < 16 or w < 32:
+        print(f"pix2pixhd-fast check-ops: error: the scene needs --height >= 16 and --width >= 32, got {h}x{w}",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    # A synthetic street scene (Cityscapes ids; cars, people, ... as instances class * 1000 + k).
+    label_np, inst_np, _ = render_scene(np.random.default_rng(args.seed), w, h)
+    label = torch.from_numpy(label_np.astype(np.int32))[None, None].to(device)
+    inst = torch.from_numpy(inst_np)[None, None].to(device)
     feat = torch.randn(n, 3, h, w, generator=g).to(device)
     x = torch.randn(n, 64, h, w, generator=g).to(device)
 
@@ -65,7 +93,7 @@ def _cmd_check_ops(args: argparse.Namespace) -> int:
         ),
         ("instance_norm_relu", lambda: ops.instance_norm_relu(x), lambda: reference.instance_norm_act(x)),
     ]
-    print(f"device {device}, map {h}x{w}, {args.objects} objects")
+    print(f"device {device}, map {h}x{w}, {int(inst.unique().numel())} instances")
     print(f"{'op':<20} {'max |fast-ref|':>15} {'fast ms':>9} {'ref ms':>9}")
     ok = True
     for name, fast, ref in rows:
@@ -81,12 +109,17 @@ def _cmd_check_ops(args: argparse.Namespace) -> int:
 def _cmd_train(argv: list[str]) -> int:
     from .options import parse_train
     from .train import train
+    from .train.trainer import TrainingInterrupted
 
     try:
         summary = train(parse_train(argv))
-    except (ValueError, FileNotFoundError, ImportError) as e:  # bad options or data: a message, not a traceback
-        print(f"pix2pixhd-fast train: error: {e}", file=sys.stderr)
-        return 2
+    except TrainingInterrupted as e:  # SIGINT/SIGTERM: the step finished and 'latest' was saved
+        print(f"pix2pixhd-fast train: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return _interrupted("train")
+    except _USER_ERRORS as e:
+        return _fail("train", e, "--verbose" in argv)
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=1))
     return 0
 
@@ -98,17 +131,33 @@ def _cmd_test(argv: list[str]) -> int:
 
     try:
         summary = run_test(parse_test(argv))
-    except (ValueError, FileNotFoundError, ImportError, TensorRTUnavailableError, EngineBuildError) as e:
-        print(f"pix2pixhd-fast test: error: {e}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        return _interrupted("test")
+    except (*_USER_ERRORS, TensorRTUnavailableError, EngineBuildError) as e:
+        return _fail("test", e, "--verbose" in argv)
     print(json.dumps({k: v for k, v in summary.items() if k != "psnr_per_image"}, indent=1))
     return 0
 
 
 def _cmd_make_synthetic(args: argparse.Namespace) -> int:
     from .data import make_synthetic_dataset
+    from .options import check_output_folder
 
-    summary = make_synthetic_dataset(args.out, n=args.n, size=args.size, seed=args.seed, n_test=args.n_test)
+    height, width = args.size
+    try:
+        if height < 16 or width < 32:
+            flipped = f" (did you mean {width}x{height}?)" if width >= 16 and height >= 32 else ""
+            raise ValueError(f"--size is HEIGHTxWIDTH, at least 16x32; got {height}x{width}{flipped}")
+        for name, low in (("n", 1), ("n_test", 0), ("seed", 0)):
+            if getattr(args, name) < low:
+                raise ValueError(f"--{name} must be >= {low}, got {getattr(args, name)}")
+        check_output_folder(args.out, "--out")
+        # The library's size argument is (width, height), as PIL's.
+        summary = make_synthetic_dataset(args.out, n=args.n, size=(width, height), seed=args.seed, n_test=args.n_test)
+    except KeyboardInterrupt:
+        return _interrupted("make-synthetic")
+    except _USER_ERRORS as e:
+        return _fail("make-synthetic", e, args.verbose)
     print(json.dumps(summary, indent=1, default=str))
     return 0
 
@@ -121,11 +170,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _parse_size(s: str) -> tuple[int, int]:
+    from .data import parse_size
+
     try:
-        w, h = (int(v) for v in s.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like 256x128 (width x height), got {s!r}") from None
-    return w, h
+        return parse_size(s)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -455,16 +505,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=200, help="training scenes")
     p.add_argument("--n_test", type=int, default=20, help="test scenes")
     # type=: a bad size is an argparse usage error (exit 2 with the message), not a traceback
-    p.add_argument("--size", default=(256, 128), type=_parse_size, help="width x height, e.g. 256x128")
+    p.add_argument("--size", default=(128, 256), type=_parse_size, help="HEIGHTxWIDTH, e.g. 128x256")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--verbose", action="store_true", help="print the traceback of an error")
     p.set_defaults(fn=_cmd_make_synthetic)
     p = sub.add_parser("info", help="print what the build contains (build_info)")
     p.set_defaults(fn=_cmd_info)
     p = sub.add_parser("check-ops", help="run the operators on a synthetic scene and compare with the reference")
     p.add_argument("--height", type=int, default=256)
     p.add_argument("--width", type=int, default=512)
-    p.add_argument("--objects", type=int, default=40)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic scene")
     p.set_defaults(fn=_cmd_check_ops)
     args = parser.parse_args(argv)
     return args.fn(args)

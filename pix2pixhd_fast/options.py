@@ -24,7 +24,114 @@ __all__ = [
     "parse_features",
     "finalize",
     "save_options",
+    "OptionError",
+    "check_output_folder",
+    "check_image_size",
+    "warn_gpu_ids",
 ]
+
+
+class OptionError(ValueError):
+    """A value or combination of options a user gave that cannot work; the message names the option as it is
+    typed (``--save_epoch_freq``), so the command line can print it as it is, without a traceback."""
+
+
+# (option, smallest allowed value) for every integer or float option with a lower bound; checked by finalize for
+# the options a command has. Frequencies are divisors in the training loop, so 0 is never allowed for them.
+_AT_LEAST: tuple[tuple[str, float], ...] = (
+    ("batchSize", 1), ("loadSize", 1), ("fineSize", 1), ("label_nc", 0), ("input_nc", 1), ("output_nc", 1),
+    ("nThreads", 0), ("max_dataset_size", 1), ("display_winsize", 1), ("ngf", 1), ("n_downsample_global", 0),
+    ("n_blocks_global", 1), ("n_blocks_local", 0), ("niter_fix_global", 0), ("feat_num", 1),
+    ("n_downsample_E", 0), ("nef", 1), ("n_clusters", 1), ("num_threads", 0), ("seed", 0), ("local_rank", 0),
+    ("display_freq", 1), ("print_freq", 1), ("save_latest_freq", 1), ("save_epoch_freq", 1), ("niter", 0),
+    ("niter_decay", 0), ("num_D", 1), ("n_layers_D", 1), ("ndf", 1), ("lambda_feat", 0), ("pool_size", 0),
+    ("max_iters", 1), ("ntest", 1), ("how_many", 1), ("max_batch", 1), ("batch", 1), ("warmup", 0), ("iters", 1),
+)  # fmt: skip
+
+
+def _check_ranges(opt: argparse.Namespace) -> None:
+    for name, low in _AT_LEAST:
+        v = getattr(opt, name, None)
+        if v is None or isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if not v >= low:  # also NaN
+            raise OptionError(f"--{name} must be >= {low:g}, got {v:g}")
+    if getattr(opt, "netG", "global") == "local" and getattr(opt, "n_local_enhancers", 1) < 1:
+        raise OptionError(f"--n_local_enhancers must be >= 1 with --netG local, got {opt.n_local_enhancers}")
+    for name in ("lr", "aspect_ratio", "workspace_gb"):
+        v = getattr(opt, name, None)
+        if isinstance(v, (int, float)) and not v > 0:
+            raise OptionError(f"--{name} must be > 0, got {v:g}")
+    beta1 = getattr(opt, "beta1", None)
+    if beta1 is not None and not 0.0 <= beta1 < 1.0:
+        raise OptionError(f"--beta1 must lie in [0, 1), got {beta1:g}")
+    if getattr(opt, "isTrain", False) is True and hasattr(opt, "niter") and opt.niter + opt.niter_decay < 1:
+        raise OptionError(
+            f"--niter {opt.niter} and --niter_decay {opt.niter_decay} give no epoch to train: their sum must be >= 1"
+        )
+    gpu_ids = str(getattr(opt, "gpu_ids", "0"))
+    try:
+        [int(v) for v in gpu_ids.split(",") if v.strip() != ""]
+    except ValueError:
+        raise OptionError(
+            f"--gpu_ids must be comma-separated integers (e.g. 0 or 0,1; -1 for the CPU), got {gpu_ids!r}"
+        ) from None
+
+
+def check_output_folder(path: str, option: str) -> None:
+    """Raise :class:`OptionError` unless ``path`` is a folder this process can write into, or can be created (its
+    nearest existing ancestor is a writable folder). ``option`` names the option in the message."""
+    p = os.path.abspath(path)
+    if os.path.exists(p) and not os.path.isdir(p):
+        raise OptionError(f"{option} {path}: is a file, not a folder")
+    probe = p
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        raise OptionError(f"{option} {path}: cannot create it, {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        what = "is not writable" if probe == p else f"cannot be created ({probe} is not writable)"
+        raise OptionError(f"{option} {path}: the folder {what}")
+
+
+def check_image_size(height: int, width: int, opt: argparse.Namespace) -> None:
+    """Raise :class:`OptionError` when ``height x width`` network inputs (after ``--resize_or_crop``) are too small
+    for the generator: its innermost residual blocks pad by reflection, which needs at least 2 pixels per side
+    after ``--n_downsample_global`` halvings (and the ``--n_local_enhancers`` ones of a LocalEnhancer)."""
+    nd = int(getattr(opt, "n_downsample_global", 4))
+    local = getattr(opt, "netG", "global") == "local"
+    nle = int(getattr(opt, "n_local_enhancers", 1)) if local else 0
+    need = 2 * 2 ** (nd + nle)
+    if min(height, width) >= need:
+        return
+    which = f"--n_downsample_global {nd}" + (f" and --n_local_enhancers {nle}" if local else "")
+    raise OptionError(
+        f"images of {height}x{width} (HEIGHTxWIDTH, after --resize_or_crop {getattr(opt, 'resize_or_crop', '?')}) "
+        f"are too small for {which}: each side must be at least {need} pixels; use larger images "
+        f"(--loadSize / --fineSize) or fewer downsampling layers"
+    )
+
+
+def warn_gpu_ids(opt: argparse.Namespace, argv: Sequence[str] | None) -> None:
+    """Say so when ``--gpu_ids`` asks for a GPU that this machine lacks (training then runs on the CPU, as the
+    reference's default ``--gpu_ids 0`` does on a machine without one; the default alone gives no message)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    given = any(a == "--gpu_ids" or a.startswith("--gpu_ids=") for a in argv)
+    if not given or getattr(opt, "device", None):
+        return
+    ids = [int(v) for v in str(opt.gpu_ids).split(",") if v.strip() != ""]
+    if ids and ids[0] >= 0:
+        import torch
+
+        if not torch.cuda.is_available():
+            print(
+                f"pix2pixhd-fast: warning: --gpu_ids {opt.gpu_ids}: no CUDA device on this machine, running on "
+                "the CPU (--gpu_ids -1 says so explicitly)",
+                file=sys.stderr,
+            )
 
 
 def _inf_int(s: str) -> float | int:
@@ -251,58 +358,69 @@ def parse_features(command: str, argv: Sequence[str] | None = None) -> argparse.
     opt.load_features = False
     opt = finalize(opt)
     if command == "encode-features" and not 0.0 <= opt.min_area_frac < 1.0:
-        raise ValueError(f"--min_area_frac must lie in [0, 1), got {opt.min_area_frac}")
+        raise OptionError(f"--min_area_frac must lie in [0, 1), got {opt.min_area_frac}")
     if opt.n_clusters < 1:
-        raise ValueError(f"--n_clusters must be >= 1, got {opt.n_clusters}")
+        raise OptionError(f"--n_clusters must be >= 1, got {opt.n_clusters}")
     return opt
 
 
 def finalize(opt: argparse.Namespace) -> argparse.Namespace:
-    """Derive the values the reference derives (and ours) and check option combinations."""
+    """Derive the values the reference derives (and ours) and check every value and combination (ranges,
+    frequencies, exclusive options): :class:`OptionError` naming the option, before anything is written."""
     if opt.fp16 or opt.data_type == 16:
         if opt.amp not in (None, "fp16"):
-            raise ValueError(f"--fp16/--data_type 16 contradict --amp {opt.amp}")
+            raise OptionError(f"--fp16/--data_type 16 contradict --amp {opt.amp}")
         opt.amp = "fp16"
     if opt.label_nc < 0:
-        raise ValueError(f"--label_nc must be >= 0, got {opt.label_nc}")
+        raise OptionError(f"--label_nc must be >= 0, got {opt.label_nc}")
     if opt.instance_feat and opt.label_feat:
-        raise ValueError("--instance_feat and --label_feat are exclusive")
+        raise OptionError("--instance_feat and --label_feat are exclusive")
     if opt.instance_feat and opt.no_instance:
-        raise ValueError("--instance_feat needs instance maps: drop --no_instance")
+        raise OptionError("--instance_feat needs instance maps: drop --no_instance")
     if opt.label_nc == 0 and (opt.instance_feat or opt.label_feat):
-        raise ValueError("instance/label features need a label map: set --label_nc > 0")
+        raise OptionError("instance/label features need a label map: set --label_nc > 0")
     for k in ("batchSize", "ngf", "n_blocks_global", "n_local_enhancers", "feat_num", "nef"):
         if getattr(opt, k) < 1 and not (k == "n_local_enhancers" and opt.netG == "global"):
-            raise ValueError(f"--{k} must be >= 1, got {getattr(opt, k)}")
+            raise OptionError(f"--{k} must be >= 1, got {getattr(opt, k)}")
+    _check_ranges(opt)
     opt.use_features = opt.instance_feat or opt.label_feat
     opt.gen_features = opt.use_features and not opt.load_features
     opt.channels_last = not opt.no_channels_last
     if getattr(opt, "isTrain", False):
         for k in ("num_D", "n_layers_D", "ndf"):
             if getattr(opt, k) < 1:
-                raise ValueError(f"--{k} must be >= 1, got {getattr(opt, k)}")
+                raise OptionError(f"--{k} must be >= 1, got {getattr(opt, k)}")
         if opt.gan_mode is None:
             opt.gan_mode = "vanilla" if opt.no_lsgan else "lsgan"
     return opt
 
 
 def parse_train(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse and finalize ``train`` options."""
-    return finalize(train_parser().parse_args(argv))
+    """Parse, finalize and check ``train`` options (the checkpoint folder must be writable)."""
+    opt = finalize(train_parser().parse_args(argv))
+    check_output_folder(opt.checkpoints_dir, "--checkpoints_dir")
+    check_output_folder(os.path.join(opt.checkpoints_dir, opt.name), "--name")
+    warn_gpu_ids(opt, argv)
+    return opt
 
 
 def parse_test(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse and finalize ``test`` options (the reference forces batch 1, no shuffle, no flip)."""
+    """Parse, finalize and check ``test`` options (the reference forces batch 1, no shuffle, no flip; the results
+    folder must be writable)."""
     opt = finalize(test_parser().parse_args(argv))
     opt.nThreads, opt.batchSize, opt.serial_batches, opt.no_flip = min(opt.nThreads, 1), 1, True, True
+    check_output_folder(opt.results_dir, "--results_dir")
+    check_output_folder(os.path.join(opt.results_dir, opt.name), "--name")
+    warn_gpu_ids(opt, argv)
     return opt
 
 
 def save_options(opt: argparse.Namespace, folder: str, filename: str = "opt.txt") -> str:
     """Write the options as the reference's ``opt.txt`` (one ``key: value`` per line)."""
-    os.makedirs(folder, exist_ok=True)
+    from .utils.files import atomic_write
+
     path = os.path.join(folder, filename)
-    with open(path, "w") as f:
+    with atomic_write(path, "w") as f:
         f.write("------------ Options -------------\n")
         for k, v in sorted(vars(opt).items()):
             f.write(f"{k}: {v}\n")

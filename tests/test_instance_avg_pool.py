@@ -383,3 +383,63 @@ def test_errors(device):
     if device != "cpu":
         with pytest.raises(RuntimeError, match="same device"):
             OP(feat, inst.cpu())
+
+
+@pytest.fixture
+def deterministic_mode():
+    """torch.use_deterministic_algorithms(True) for the test, the previous setting restored afterwards."""
+    was, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(was, warn_only=warn_only)
+
+
+def _bits(t):
+    """The tensor's bit patterns (same-size integer view: works for any strides), for bitwise comparisons."""
+    return t.view({torch.float32: torch.int32, torch.float64: torch.int64}.get(t.dtype, torch.int16))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_deterministic_mode_is_bitwise_reproducible(seed, device, layout, dtype, deterministic_mode):
+    # Big regions spanning many tiles and many channels: float atomics would add in a different order each run.
+    n, c, h, w = 2, 6, 200, 300
+    feat = torch.randn(n, c, h, w, device=device).to(dtype)
+    if layout == "channels_last":
+        feat = feat.contiguous(memory_format=torch.channels_last)
+    inst = rect_ids(n, h, w, [7, -2, 2**40, 26001, 26002], device=device, dtype=torch.int32, rects=6)
+    torch.use_deterministic_algorithms(False)
+    ref = expected(feat, inst)  # the scatter reference need not support the mode
+    torch.use_deterministic_algorithms(True)
+    outs = [OP(feat, inst) for _ in range(4)]
+    for o in outs[1:]:
+        assert torch.equal(_bits(o), _bits(outs[0]))
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(outs[0], ref, atol=tol, rtol=tol)
+    # The backward is the same pooling of the gradient: reproducible too.
+    grads = []
+    for _ in range(2):
+        x = feat.detach().clone().requires_grad_(True)
+        ops.instance_avg_pool(x, inst).backward(torch.ones_like(x) * 0.1 + x.detach())
+        grads.append(x.grad)
+    assert torch.equal(_bits(grads[0]), _bits(grads[1]))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("device", DEVICES[1:])
+@pytest.mark.parametrize("mode", ["fast", "deterministic"])
+def test_cuda_batch_beyond_grid_limit(seed, device, mode):
+    # The tiled kernels put the image index in grid.y (at most 65535): larger batches run as several launches.
+    n = 65535 + 77
+    feat = torch.randn(n, 2, 3, 4, device=device)
+    inst = torch.randint(-2, 3, (n, 1, 3, 4), device=device)
+    ref = expected(feat, inst)
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(mode == "deterministic")
+    try:
+        out = OP(feat, inst)
+    finally:
+        torch.use_deterministic_algorithms(was)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[-77:], ref[-77:], atol=1e-5, rtol=1e-5)  # the images of the second launch

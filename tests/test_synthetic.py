@@ -149,5 +149,5 @@ def test_overwrite_and_bad_arguments(tmp_path):
 def test_parse_size():
     assert parse_size("256x128") == (256, 128)
     assert parse_size("64X32") == (64, 32)
-    with pytest.raises(ValueError, match="WIDTHxHEIGHT"):
+    with pytest.raises(ValueError, match="HEIGHTxWIDTH"):
         parse_size("256")

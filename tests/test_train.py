@@ -577,7 +577,7 @@ def test_load_pretrain_grafts_a_global_generator_into_a_local_enhancer(data, tmp
 
 def test_cli_make_synthetic_train_test_end_to_end(tmp_path, capsys):
     root = tmp_path / "data"
-    assert cli.main(["make-synthetic", "--out", str(root), "--n", "2", "--n_test", "2", "--size", "64x32"]) == 0
+    assert cli.main(["make-synthetic", "--out", str(root), "--n", "2", "--n_test", "2", "--size", "32x64"]) == 0
     meta = json.loads(capsys.readouterr().out)
     assert meta["phases"] == {"train": 2, "test": 2} and meta["label_nc"] == 35
     for d in ("train_label", "train_inst", "train_img", "test_label", "test_inst", "test_img"):

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -100,8 +101,14 @@ def scan_folder(folder: str | os.PathLike[str]) -> dict[str, Path]:
     root = Path(folder)
     if not root.is_dir():
         raise ValueError(f"folder {root} does not exist")
+
+    def unreadable(e: OSError) -> None:  # os.walk skips what it cannot list unless told otherwise
+        raise ValueError(f"cannot read folder {e.filename}: {e.strerror} (check its permissions)") from e
+
+    if not os.access(root, os.R_OK | os.X_OK):
+        raise ValueError(f"cannot read folder {root}: permission denied (check its permissions)")
     found: dict[str, Path] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if name.startswith(".") or not name.lower().endswith(IMG_EXTENSIONS):
@@ -342,7 +349,29 @@ class Pix2PixHDDataset(Dataset):
         dataroot = kwargs.pop("dataroot", None) or getattr(opt, "dataroot", None)
         if dataroot is None:
             raise ValueError("options have no dataroot")
-        return cls(dataroot, **kwargs)
+        ds = cls(dataroot, **kwargs)
+        if ds.samples:
+            # Too small for the generator's downsampling: an error naming the options now, not a padding error
+            # deep inside the first forward pass. The first item stands for the data set.
+            from ..options import check_image_size
+
+            width, height = ds.output_size(0)
+            check_image_size(height, width, opt)
+        return ds
+
+    def output_size(self, index: int) -> tuple[int, int]:
+        """``(width, height)`` of item ``index`` after the transform (reads only the label file's header)."""
+        path = self.samples[index].label
+        try:
+            with Image.open(path) as img:
+                size = img.size
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            raise ValueError(f"cannot read image file {path}: {e}") from e
+        plan = plan_transform(
+            size, resize_or_crop=self.resize_or_crop, load_size=self.load_size, fine_size=self.fine_size,
+            multiple=self.multiple, rng=np.random.default_rng(0),
+        )  # fmt: skip
+        return plan.out_size
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -518,6 +547,12 @@ def collate(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return batch
 
 
+def _ignore_sigint(worker_id: int) -> None:
+    """Workers leave Ctrl-C to the main process: a terminal sends SIGINT to the whole process group, and a worker
+    that died of it would turn the trainer's graceful stop (finish the step, save, exit) into a loader error."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def make_dataloader(
     dataset: Dataset,
     batch_size: int = 1,
@@ -576,6 +611,8 @@ def make_dataloader(
         kwargs["persistent_workers"] = True if persistent_workers is None else persistent_workers
         if prefetch_factor is not None:
             kwargs["prefetch_factor"] = prefetch_factor
+    if num_workers > 0:
+        kwargs["worker_init_fn"] = _ignore_sigint
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -664,12 +664,12 @@ def render_scene(rng: np.random.Generator, width: int, height: int) -> tuple[np.
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """``"256x128"`` -> ``(256, 128)`` (width x height)."""
+    """``"128x256"`` -> ``(128, 256)``: HEIGHTxWIDTH, the order of torch shapes (and of every size option)."""
     try:
-        w, h = (int(p) for p in text.lower().split("x"))
+        h, w = (int(p) for p in text.lower().split("x"))
     except ValueError:
-        raise ValueError(f"size must look like WIDTHxHEIGHT (e.g. 256x128), got {text!r}") from None
-    return w, h
+        raise ValueError(f"size must look like HEIGHTxWIDTH (e.g. 128x256), got {text!r}") from None
+    return h, w
 
 
 def _scene_rng(seed: int, phase: str, index: int) -> np.random.Generator:

@@ -5,6 +5,7 @@
 
 from .checkpoint import (
     CheckpointMismatchError,
+    CheckpointReadError,
     LoadResult,
     atomic_save,
     load_pix2pixhd_checkpoint,
@@ -39,6 +40,7 @@ __all__ = [
     "find_vgg19_weights",
     "OPS_CHOICES",
     "CheckpointMismatchError",
+    "CheckpointReadError",
     "Encoder",
     "GlobalGenerator",
     "LoadResult",

@@ -20,6 +20,8 @@ from ..utils.files import atomic_write
 
 __all__ = [
     "CheckpointMismatchError",
+    "CheckpointReadError",
+    "read_checkpoint_file",
     "LoadResult",
     "atomic_save",
     "load_pix2pixhd_checkpoint",
@@ -31,6 +33,56 @@ _MAX_LISTED = 12  # keys listed per category in an error message
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint's keys or shapes do not match the network (strict loading)."""
+
+
+class CheckpointReadError(ValueError):
+    """A checkpoint file cannot be read (empty, truncated, not a checkpoint, or holding code); the message names
+    the file and what to do."""
+
+
+def _why_unreadable(path: Path, e: BaseException) -> str:
+    """Why ``torch.load(path, weights_only=True)`` failed, in the user's terms. torch's own message is not passed
+    on: for a file with foreign objects it recommends ``weights_only=False``, i.e. running whatever code the file
+    carries, which is the wrong advice for a file of unknown origin."""
+    import pickle
+    import zipfile
+
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = -1
+    if isinstance(e, PermissionError):
+        return "permission denied"
+    if size == 0:
+        return "the file is empty (0 bytes: an interrupted copy, or a full disk when it was written?)"
+    text = str(e)
+    if isinstance(e, pickle.UnpicklingError) and "weights_only" in text.lower().replace(" ", "_"):
+        return (
+            "it holds Python objects other than tensors, numbers and plain containers, which are never unpickled "
+            "here (not a file written by pix2pixHD or pix2pixhd-fast, or tampered with)"
+        )
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head.startswith(b"PK") or isinstance(e, (EOFError, zipfile.BadZipFile)) or "central directory" in text:
+        return "the file is truncated or corrupt (an interrupted copy, or a full disk when it was written?)"
+    if head[:1] == b"\x80":  # a legacy (non-zip) pickle
+        return "the file is truncated or corrupt, or not a PyTorch checkpoint"
+    return "it is not a PyTorch checkpoint (neither a zip archive nor a pickle)"
+
+
+def read_checkpoint_file(path: str | os.PathLike, what: str = "checkpoint", advice: str | None = None,
+                         map_location: str | torch.device | None = "cpu") -> object:  # fmt: skip
+    """``torch.load(path, weights_only=True)`` with every failure turned into one :class:`CheckpointReadError`
+    that names the file, says what is wrong and what to do (``advice``; default: use another epoch or retrain).
+    Loading never unpickles code."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - every way a file can be unreadable ends in the same message
+        advice = advice or "use the checkpoint of another epoch (--which_epoch) or retrain"
+        raise CheckpointReadError(f"cannot read {what} {path}: {_why_unreadable(path, e)}; {advice}") from None
 
 
 @dataclass
@@ -90,23 +142,23 @@ def _strip_prefixes(state: Mapping[str, torch.Tensor]) -> OrderedDict[str, torch
 def _read_state(path_or_state_dict, map_location) -> OrderedDict[str, torch.Tensor]:
     if isinstance(path_or_state_dict, (str, os.PathLike)):
         path = Path(path_or_state_dict)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint not found: {path}")
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = read_checkpoint_file(path, map_location=map_location)
         source = str(path)
     elif isinstance(path_or_state_dict, Mapping):
         state = path_or_state_dict
         source = "the given state_dict"
     else:
         raise TypeError(f"expected a checkpoint path or a state_dict mapping, got {type(path_or_state_dict).__name__}")
+    # A file of the wrong kind is a user's error like an unreadable one; a wrong object passed in is a bug.
+    bad_input = CheckpointReadError if source != "the given state_dict" else TypeError
     # Some training scripts wrap the weights as {"state_dict": ...}; the reference saves them bare.
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping):
-        raise TypeError(f"{source} does not hold a state_dict (a mapping of names to tensors): {type(state).__name__}")
+        raise bad_input(f"{source} does not hold a state_dict (a mapping of names to tensors): {type(state).__name__}")
     bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
-        raise TypeError(f"{source} is not a state_dict: entries {bad[:_MAX_LISTED]} are not name -> tensor")
+        raise bad_input(f"{source} is not a state_dict: entries {bad[:_MAX_LISTED]} are not name -> tensor")
     return _strip_prefixes(state)
 
 

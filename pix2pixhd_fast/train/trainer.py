@@ -21,6 +21,8 @@ import argparse
 import math
 import os
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -29,7 +31,13 @@ import torch
 import torch.nn as nn
 
 from ..data import Pix2PixHDDataset, colorize_label, make_dataloader, to_uint8_image
-from ..models.checkpoint import atomic_save, load_pix2pixhd_checkpoint, save_pix2pixhd_checkpoint
+from ..models.checkpoint import (
+    CheckpointReadError,
+    atomic_save,
+    load_pix2pixhd_checkpoint,
+    read_checkpoint_file,
+    save_pix2pixhd_checkpoint,
+)
 from ..models.pix2pixhd import Pix2PixHDModel
 from ..options import save_options
 from ..utils.files import atomic_write
@@ -39,7 +47,7 @@ from .memory import enable_selective_checkpointing
 from .schedule import fixes_global, learning_rate, total_epochs, trainable_generator_params
 from .visualizer import Visualizer
 
-__all__ = ["Trainer", "train", "resolve_device", "resolve_amp", "make_adam"]
+__all__ = ["Trainer", "TrainingInterrupted", "train", "resolve_device", "resolve_amp", "make_adam"]
 
 _NETS = ("G", "D", "E")
 
@@ -137,6 +145,55 @@ def _same_tensors(path: str, state: dict) -> bool:
     return saved.keys() == state.keys() and all(torch.equal(saved[k], state[k]) for k in state)
 
 
+_STATE_KEYS = ("epoch", "epoch_iter", "total_steps", "iterations", "optimizer_G", "optimizer_D")
+
+
+def _resume_advice(folder: str) -> str:
+    return (
+        f"resume from another saved epoch (--continue_train --which_epoch N, with N_train_state.pt in {folder}) "
+        "or start over without --continue_train"
+    )
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on SIGINT or SIGTERM after finishing its step and saving ``latest``.
+
+    Attributes:
+        signum: the signal. exit_code: what a shell reports for a process killed by it (130, 143).
+        folder: where ``latest`` is. epoch, iterations: the position saved.
+    """
+
+    def __init__(self, signum: int, folder: str, epoch: int, iterations: int):
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"interrupted by {name} after {iterations} iterations (epoch {epoch}); saved the run in {folder} "
+            f"(latest_net_*.pth, latest_train_state.pt); resume with the same command plus --continue_train"
+        )
+        self.signum, self.exit_code = signum, 128 + signum
+        self.folder, self.epoch, self.iterations = folder, epoch, iterations
+
+
+def _stop_on_signals(stop: list[int]):
+    """Make SIGINT and SIGTERM append their number to ``stop`` (the loop finishes its step, saves and ends); a
+    second signal raises KeyboardInterrupt at once. Returns the function that restores the previous handlers.
+    Only the main thread can install handlers: elsewhere the signals keep their behaviour."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum, frame):
+        if stop:
+            raise KeyboardInterrupt
+        stop.append(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore() -> None:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+    return restore
+
+
 @dataclass
 class Progress:
     """Where training stands: ``epoch`` (1-based) and the images already done in it (``epoch_iter``, per process),
@@ -179,9 +236,9 @@ class Trainer:
         self.channels_last = opt.channels_last
         self.folder = os.path.join(opt.checkpoints_dir, opt.name)
         self.is_main = self.dist.is_main
-        if self.is_main:
-            os.makedirs(self.folder, exist_ok=True)
-            save_options(opt, self.folder)
+        # opt.txt, the loss log and the page are written once the first step has succeeded (_open_outputs): a run
+        # that fails before (bad data, a resume with the wrong options) leaves no new file and changes none.
+        self.visualizer: Visualizer | None = None
 
         # Same initial weights on every process (DDP also broadcasts rank 0's).
         torch.manual_seed(opt.seed)
@@ -222,17 +279,26 @@ class Trainer:
             self._restore_state(state)
         self._wrap()
         self.graphed = GraphedTrainStep(self) if opt.cuda_graph else None
-        self.visualizer = Visualizer(
-            self.folder,
-            enabled=self.is_main,
-            tf_log=opt.tf_log,
-            html=not opt.no_html,
-            display_winsize=min(opt.display_winsize, 512),
-            name=opt.name,
-        )
 
     # ---------------------------------------------------------------------------------------------------------
     # Set-up
+    def _open_outputs(self) -> Visualizer:
+        """The run's folder, ``opt.txt``, loss log and page, created on first use (rank 0 writes)."""
+        if self.visualizer is None:
+            opt = self.opt
+            if self.is_main:
+                os.makedirs(self.folder, exist_ok=True)
+                save_options(opt, self.folder)
+            self.visualizer = Visualizer(
+                self.folder,
+                enabled=self.is_main,
+                tf_log=opt.tf_log,
+                html=not opt.no_html,
+                display_winsize=min(opt.display_winsize, 512),
+                name=opt.name,
+            )
+        return self.visualizer
+
     def _net(self, which: str) -> nn.Module | None:
         return getattr(self.model, "net" + which)
 
@@ -246,7 +312,13 @@ class Trainer:
             state = None
             if os.path.exists(state_path):
                 # Plain containers, numbers and tensors only: loading never unpickles code.
-                state = torch.load(state_path, map_location="cpu", weights_only=True)
+                state = read_checkpoint_file(state_path, "training state", advice=_resume_advice(self.folder))
+                missing = [k for k in _STATE_KEYS if not isinstance(state, dict) or k not in state]
+                if missing:
+                    raise CheckpointReadError(
+                        f"cannot read training state {state_path}: not a training state of pix2pixhd-fast "
+                        f"(no {', '.join(missing)}); {_resume_advice(self.folder)}"
+                    )
             nets = (state or {}).get("nets", {})
             for net in _NETS:
                 m = self._net(net)
@@ -272,7 +344,13 @@ class Trainer:
             # A run from the reference implementation: its iter.txt says where it stopped.
             iter_path = os.path.join(self.folder, "iter.txt")
             if os.path.exists(iter_path):
-                epoch, epoch_iter = np.loadtxt(iter_path, delimiter=",", dtype=int)
+                try:
+                    epoch, epoch_iter = np.loadtxt(iter_path, delimiter=",", dtype=int)
+                except ValueError as e:
+                    raise CheckpointReadError(
+                        f"cannot read {iter_path} (expected 'epoch,images' as the reference writes it): {e}; "
+                        f"{_resume_advice(self.folder)}"
+                    ) from None
                 self.progress.epoch, self.progress.epoch_iter = int(epoch), int(epoch_iter)
             return None
         if opt.load_pretrain:
@@ -343,6 +421,7 @@ class Trainer:
         """Write the networks (reference format) and the training state, each atomically; rank 0 only."""
         if not self.is_main:
             return
+        self._open_outputs()
         for k, m in self.raw.items():
             save_pix2pixhd_checkpoint(m, self._ckpt(which_epoch, k))
         p = self.progress
@@ -426,7 +505,10 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------------------------
     def train(self) -> dict:
-        """Run the schedule from where the progress stands; returns a summary (last losses, images/s, epochs)."""
+        """Run the schedule from where the progress stands; returns a summary (last losses, images/s, epochs).
+
+        SIGINT / SIGTERM (in the main thread) finish the current step, save ``latest`` and raise
+        :class:`TrainingInterrupted`; a second signal interrupts at once (KeyboardInterrupt)."""
         opt, p = self.opt, self.progress
         n_epochs = total_epochs(opt)
         per_epoch = len(self.loader) * opt.batchSize
@@ -435,8 +517,10 @@ class Trainer:
         t_start, images_done = time.perf_counter(), 0
         from tqdm import tqdm
 
+        stop: list[int] = []  # filled by the signal handlers with the signal that asked to stop
+        restore_signals = _stop_on_signals(stop)
         try:
-            while p.epoch <= n_epochs and p.iterations < max_iters:
+            while p.epoch <= n_epochs and p.iterations < max_iters and not stop:
                 epoch = p.epoch
                 if self.fix_global and not fixes_global(epoch, opt):
                     self._unfix_global()
@@ -460,8 +544,9 @@ class Trainer:
                     p.total_steps += opt.batchSize
                     p.epoch_iter += opt.batchSize
                     images_done += opt.batchSize * self.dist.world_size
+                    self._open_outputs()
                     bar.update(1)
-                    if p.total_steps % opt.print_freq < opt.batchSize or p.iterations >= max_iters:
+                    if p.total_steps % opt.print_freq < opt.batchSize or p.iterations >= max_iters or stop:
                         last = {k: v.detach().item() for k, v in losses.items()}
                         if self.is_main:
                             msg = self.visualizer.print_losses(
@@ -475,11 +560,11 @@ class Trainer:
                     if p.total_steps % opt.save_latest_freq < opt.batchSize:
                         self.save("latest")
                     t_data = time.perf_counter()
-                    if p.iterations >= max_iters:
+                    if p.iterations >= max_iters or stop:
                         break
                 bar.close()
-                if p.iterations >= max_iters and p.epoch_iter < per_epoch:
-                    break  # stopped inside the epoch: 'latest' below records the position
+                if (p.iterations >= max_iters or stop) and p.epoch_iter < per_epoch:
+                    break  # stopped inside the epoch: 'latest' (saved by train) records the position
                 if self.is_main and not opt.no_html:  # one row per epoch on the page, from its last batch
                     self.visualizer.display_results(self._visuals(batch, fake), epoch, p.total_steps)
                 p.epoch, p.epoch_iter = epoch + 1, 0
@@ -490,7 +575,11 @@ class Trainer:
                             save_pix2pixhd_checkpoint(m, self._ckpt(str(epoch), k))
             self.save("latest")
         finally:
-            self.visualizer.close()
+            restore_signals()
+            if self.visualizer is not None:
+                self.visualizer.close()
+        if stop:
+            raise TrainingInterrupted(stop[0], self.folder, p.epoch, p.iterations)
         elapsed = time.perf_counter() - t_start
         return {
             "epochs_done": p.epoch - 1,
