@@ -34,9 +34,11 @@ ROOT = os.path.dirname(HERE)
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
+import targets  # noqa: E402
 from tables import (  # noqa: E402
     floor_table,
     fmt_ratio,
+    fmt_ratio_ci,
     fmt_t,
     infer_table,
     md_table,
@@ -200,13 +202,29 @@ def _software(m: dict) -> str:
     return f"torch {m.get('torch')}, CUDA {m.get('cuda')}, Python {m.get('python')}; {lib}"
 
 
-def _target_mark(b: dict) -> str:
-    cell = fmt_ratio(b["ratio"])
-    if b.get("met") is True:
-        return f"{cell} ✓"
-    if b.get("met") is False:
-        return f"{cell} ✗ (target {b['target']:g}x)"
-    return cell
+def _targets_apply(run: Run, kind: str) -> str | None:
+    """The targets.toml device key of a run's ``kind`` results when its sizes are the ones the targets were set
+    for (gpu sizes on CUDA, cpu sizes on the CPU), else None (no ✓/✗)."""
+    sizes = run.data[kind].get("settings", {}).get("sizes")
+    if (run.device, sizes) in (("cuda", "gpu"), ("cpu", "cpu")):
+        return sizes
+    return None
+
+
+def _op_target(run: Run, row: dict, name: str | None) -> float | None:
+    """The minimum ratio vs baseline ``name`` (or, for None, the maximum x floor) of benchmarks/targets.toml."""
+    if _targets_apply(run, "ops") is None:
+        return None
+    ratios, floor = targets.op_targets(run.device, row["op"], row["variant"])
+    return floor if name is None else ratios.get(name)
+
+
+def _target_mark(b: dict, target: float | None) -> str:
+    """A ratio with its 95% interval and ✓/✗ against ``target`` (benchmarks/targets.toml)."""
+    cell = fmt_ratio_ci(b)
+    if target is None:
+        return cell
+    return f"{cell} ✓" if b["ratio"] >= target else f"{cell} ✗ (target {target:g}x)"
 
 
 def _shape(row: dict) -> str:
@@ -250,9 +268,11 @@ def key_ops_table(runs: list[Run]) -> tuple[list[str], list[list[str]], list[str
                 k = (r["op"], r["variant"], b["name"])
                 if k not in keys:
                     keys.append(k)
-                cells[(*k, run.name)] = _target_mark(b)
+                mark = _target_mark(b, _op_target(run, r, b["name"]))
+                cells[(*k, run.name)] = mark + (" (strongest)" if r.get("strongest") == b["name"] else "")
                 if run.device == "cuda" and i == 0 and r.get("x_floor"):
-                    met = {True: " ✓", False: " ✗"}.get(r.get("floor_met"), "")
+                    fmax = _op_target(run, r, None)
+                    met = "" if fmax is None else (" ✓" if r["x_floor"] <= fmax else " ✗")
                     floors[(*k, run.name)] = f"{r['x_floor']:.2f}x{met}"
         sizes.append(f"{run.name}: " + ", ".join(f"{op} {shape}" for op, shape in seen.items()))
     head = ["op", "variant", "baseline"]
@@ -294,22 +314,24 @@ def key_train_table(runs: list[Run]) -> tuple[list[str], list[list[str]]] | None
             if c is None:
                 line += ["-", "-", "-"]
             else:
-                tg = c.get("targets", {})
+                sizes = _targets_apply(run, "train")
+                tg = targets.train_targets(sizes, p.get("name") or p["problem"].split("-")[0]) if sizes else {}
 
                 def mark(name: str, value: float | None, tg=tg) -> str:
                     if value is None:
                         return "-"
                     t = tg.get(name)
-                    if not t or t.get("met") is None:
+                    if t is None:
                         return f"{value:.2f}x"
-                    return f"{value:.2f}x " + ("✓" if t["met"] else f"✗ (target {t['target']:g}x)")
+                    met = value <= t if name.startswith(("mem", "saved")) else value >= t
+                    return f"{value:.2f}x " + ("✓" if met else f"✗ (target {t:g}x)")
 
                 line += [mark("vs_a", c.get("vs_a")), mark("vs_b", c.get("vs_b")), mark("mem_vs_a", c.get("mem_vs_a"))]
             body.append(line)
     return head, body
 
 
-INFER_KEYS = ("a", "b", "c", "d", "e")
+INFER_KEYS = ("a", "r", "b", "ac", "rc", "c", "d", "e")
 
 
 def key_infer_table(runs: list[Run]) -> tuple[list[str], list[list[str]]] | None:
@@ -326,9 +348,11 @@ def key_infer_table(runs: list[Run]) -> tuple[list[str], list[list[str]]] | None
     head = ["run", "problem"] + [f"({k}) {names[k]}" for k in keys]
     body = []
     for run in runs:
+        sizes = _targets_apply(run, "infer")
         for p in run.data["infer"]["problems"]:
             rows = {row["key"]: row for row in p["rows"]}
             line = [run.name, p["problem"]]
+            tg = targets.infer_targets(sizes, p.get("name") or p["problem"].split("-")[0]) if sizes else {}
             for k in keys:
                 r = rows.get(k)
                 if r is None:
@@ -339,9 +363,11 @@ def key_infer_table(runs: list[Run]) -> tuple[list[str], list[list[str]]] | None
                     line.append(fmt_t(r["median_s"]))
                 else:
                     cell = f"{fmt_t(r['median_s'])} ({r['vs_a']:.2f}x"
-                    t = r.get("target") or {}
-                    if t.get("met") is not None:
-                        cell += " ✓" if t["met"] else f" ✗, target {t['vs_a']:g}x"
+                    if r.get("vs_a_lo") is not None:
+                        cell += f" [{r['vs_a_lo']:.3g}, {r['vs_a_hi']:.3g}]"
+                    t = tg.get(k)
+                    if t is not None:
+                        cell += " ✓" if r["vs_a"] >= t else f" ✗, target {t:g}x"
                     line.append(cell + ")")
             body.append(line)
     return head, body
@@ -504,7 +530,7 @@ OP_COLORS = {
 
 
 def plot_ops(run: Run, path: str) -> str:
-    """Speed-up bars (log scale) of every op row against each baseline, with the DESIGN.md targets."""
+    """Speed-up bars (log scale) of every op row against each baseline, with the targets of targets.toml."""
     plt = _pyplot()
     items = [(r, b) for r in _op_rows(run.data["ops"]) for b in r["baselines"]]
     fig, ax = plt.subplots(figsize=(6.5, 0.3 * len(items) + 1.2))
@@ -517,12 +543,13 @@ def plot_ops(run: Run, path: str) -> str:
     )
     for yi, (_r, b) in zip(y, items, strict=True):
         ax.text(b["ratio"] * 1.08, yi, fmt_ratio(b["ratio"]), va="center", fontsize=7)
-        if b.get("target"):
-            ax.plot([b["target"]] * 2, [yi - 0.4, yi + 0.4], color="black", lw=1.5)
+        t = _op_target(run, _r, b["name"])
+        if t:
+            ax.plot([t] * 2, [yi - 0.4, yi + 0.4], color="black", lw=1.5)
     ax.set_yticks(y, [f"{r['op']} {r['variant']} vs {b['name']}" for r, b in items], fontsize=7)
     ax.set_xscale("log")
     ax.axvline(1.0, color="gray", lw=0.8, ls="--")
-    ax.set_xlabel("speed-up = baseline time / fast time (log); black tick: DESIGN.md target")
+    ax.set_xlabel("speed-up = baseline time / fast time (log); black tick: target (benchmarks/targets.toml)")
     ax.set_title(f"{run.name}: {run.describe()}", fontsize=8)
     ax.set_xlim(right=max(b["ratio"] for _, b in items) * 3)
     return _save(fig, path)
@@ -672,7 +699,8 @@ def key_sections(
         head, body, sizes = ops
         parts += [f"{level} Operators: speed-up over the PyTorch baseline", "", md_table(head, body), ""]
         parts += [
-            "Speed-up = baseline time / fast time, both eager, same process; ✓ / ✗: DESIGN.md target met / missed; "
+            "Speed-up = baseline time / fast time, both eager, same process, with its 95% interval; (strongest): the "
+            "fastest stock baseline of the row, its headline; ✓ / ✗: target of benchmarks/targets.toml met / missed; "
             "x floor (GPU): CUDA-graph replayed kernel time / (bytes that must move / measured copy bandwidth). "
             "Sizes: " + "; ".join(sizes) + ".",
             "",
@@ -874,17 +902,81 @@ def render_report(
     return "\n".join(parts).rstrip("\n") + "\n"
 
 
+# Why the CPU instance_avg_pool's time grows with the instance count (README's summary states it with the figures).
+POOL_GROWTH_WHY = (
+    "the CPU kernel walks each row as runs of equal ids (one id lookup per run) and keep one sum per instance, so the "
+    "cost follows the number of instance boundaries and the size of that table, not pixels x instances"
+)
+
+
+def _op_headline(run: Run, rows: list[dict]) -> str | None:
+    """One op's headline: its first row with a target (else its first row) against the strongest baseline."""
+    rows = [r for r in rows if r["baselines"]]
+    if not rows:
+        return None
+    r = next((r for r in rows if any(_op_target(run, r, b["name"]) for b in r["baselines"])), rows[0])
+    strongest = r.get("strongest") or min(r["baselines"], key=lambda b: b["median_s"])["name"]
+    b = next(b for b in r["baselines"] if b["name"] == strongest)
+    return f"{r['op']} {r['variant']} {fmt_ratio_ci(b)} vs {b['name']}"
+
+
+def readme_summary(runs: list[Run]) -> list[str]:
+    """A few lines: per run the operators' headline ratios (vs the strongest stock baseline, 95% interval), the
+    inference figure, and how pooling time grows with the instance count."""
+    lines = []
+    for run in [r for r in runs if r.later is None]:
+        if "ops" in run.data:
+            by_op: dict[str, list[dict]] = {}
+            for r in _op_rows(run.data["ops"]):
+                by_op.setdefault(r["op"], []).append(r)
+            heads = [h for rows in by_op.values() if (h := _op_headline(run, rows))]
+            if heads:
+                lines.append(f"- **{run.name}** operators, vs the strongest stock baseline: " + "; ".join(heads) + ".")
+        for p in run.data.get("infer", {}).get("problems", []):
+            rows = {r["key"]: r for r in p["rows"] if r.get("status") == "ok"}
+            parts = []
+            for k, what in (("c", "ours compiled"), ("b", "ours eager")):
+                r = rows.get(k)
+                if r and r.get("vs_a") is not None:
+                    ci = f" [{r['vs_a_lo']:.3g}, {r['vs_a_hi']:.3g}]" if r.get("vs_a_lo") is not None else ""
+                    extra = ""
+                    if r.get("vs_stock_ratio") is not None:
+                        extra = (
+                            f", {r['vs_stock_ratio']:.2f}x [{r['vs_stock_lo']:.3g}, {r['vs_stock_hi']:.3g}] over "
+                            f"stock ops ({r['vs_stock']})"
+                        )
+                    parts.append(f"{what} {r['vs_a']:.2f}x{ci} vs fp32 eager{extra}")
+            if parts:
+                lines.append(f"- **{run.name}** inference {p['problem']}: " + "; ".join(parts) + ".")
+        scaling = run.data.get("scaling", {})
+        rows = sorted(scaling.get("instances", []), key=lambda r: r["info"]["instances"])
+        if len(rows) > 1:
+            k0, k1 = rows[0]["info"]["instances"], rows[-1]["info"]["instances"]
+            growth = rows[-1]["fast_s"] / rows[0]["fast_s"]
+            loop = [
+                next((b["median_s"] for b in r["baselines"] if b["name"] == "loop"), None) for r in (rows[0], rows[-1])
+            ]
+            tail = f" (the reference loop: {loop[1] / loop[0]:.0f}x)" if None not in loop else ""
+            why = f": {POOL_GROWTH_WHY}" if run.device == "cpu" else ""
+            lines.append(
+                f"- **{run.name}** instance_avg_pool time grows {growth:.1f}x from {k0} to {k1} instances{tail}{why}."
+            )
+    return lines
+
+
 def render_readme_block(runs: list[Run], plots: dict[str, list[str]], readme_dir: str, report_path: str) -> str:
+    """README's performance section: a short summary and a link to the full report."""
+    rel = _rel(report_path, readme_dir)
     parts = [
         BEGIN,
         "<!-- generated by benchmarks/report.py from benchmarks/results/*.json: edit there, not here -->",
         "",
-        f"The full report, with every table and plot: [{_rel(report_path, readme_dir)}]"
-        f"({_rel(report_path, readme_dir)}).",
+        f"Ratios are baseline time / our time in the same process, with 95% intervals; every table, plot, machine "
+        f"and ✓/✗ against [benchmarks/targets.toml](benchmarks/targets.toml) is in [{rel}]({rel}).",
         "",
+        *readme_summary(runs),
+        END,
     ]
-    parts += key_sections(runs, plots, readme_dir, level="####", embed=False)
-    parts.append(END)
     return "\n".join(parts)
 
 

@@ -308,8 +308,12 @@ def test_scaling_tiny_and_report(tmp_path, capsys):
     new = readme.read_text()
     assert new.index("Intro text.") < new.index(report.BEGIN) < new.index(report.END) < new.index("## License")
     block = new[new.index(report.BEGIN) : new.index(report.END)]
-    assert "Instance-wise average pooling vs the number of instances" in block and "tinybox" in block
-    assert "[REPORT.md](REPORT.md)" in block
+    # README's section is a short summary: the pooling growth of the tiny run, the targets file, a link to the report.
+    grow = [ln for ln in block.splitlines() if ln.startswith("- **tinybox** instance_avg_pool time grows")]
+    rows = sorted(res["instances"], key=lambda r: r["info"]["instances"])
+    assert len(grow) == 1 and f"{rows[-1]['fast_s'] / rows[0]['fast_s']:.1f}x from 1 to 10 instances" in grow[0]
+    assert "[REPORT.md](REPORT.md)" in block and "benchmarks/targets.toml" in block
+    assert len([ln for ln in block.splitlines() if ln.startswith("- ")]) <= 12
     # Same inputs, same outputs: a second run changes nothing.
     again = report.main(argv)
     assert again["readme_changed"] is False and out.read_text() == text and readme.read_text() == new
@@ -535,7 +539,9 @@ def test_run_infer_tiny_cpu(tmp_path, capsys):
     assert lines[("gpu", "local-1024x2048")]["(d) onnxruntime fp32"] == "-"
     tiny = lines[("tinybox", "global-64x128")]
     assert tiny["(a) eager fp32 NCHW, reference ops"] == report.fmt_t(rows["a"]["median_s"])
-    assert tiny["(b) eager bf16 + channels-last, fast ops"].endswith(f"({rows['b']['vs_a']:.2f}x)")
+    b = rows["b"]
+    ci = f"({b['vs_a']:.2f}x [{b['vs_a_lo']:.3g}, {b['vs_a_hi']:.3g}])"
+    assert tiny["(b) eager bf16 + channels-last, fast ops"] == f"{report.fmt_t(b['median_s'])} {ci}"
     out, readme = tmp_path / "REPORT.md", tmp_path / "README.md"
     readme.write_text("# x\n\n## Performance\n")
     report.main(["--results", str(tmp_path), "--out", str(out), "--no-plots", "--readme", str(readme)])
@@ -543,7 +549,12 @@ def test_run_infer_tiny_cpu(tmp_path, capsys):
     assert "## Inference latency" in text and "### tinybox" in text and "### gpu" in text
     assert "skipped: no / tensorrt" in text and "target >= 3x: met" in text
     block = readme.read_text()
-    assert "#### Inference latency" in block and "8.00 ms (3.75x ✓)" in block
+    assert "- **gpu** inference local-1024x2048: ours compiled 3.75x vs fp32 eager." in block
+    b = rows["b"]
+    want = (
+        f"- **tinybox** inference global-64x128: ours eager {b['vs_a']:.2f}x [{b['vs_a_lo']:.3g}, {b['vs_a_hi']:.3g}]"
+    )
+    assert want in block and "over stock ops (r)" in block
 
 
 def test_run_infer_bad_arguments():
