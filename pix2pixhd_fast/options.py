@@ -135,7 +135,13 @@ def warn_gpu_ids(opt: argparse.Namespace, argv: Sequence[str] | None) -> None:
 
 
 def _inf_int(s: str) -> float | int:
-    return math.inf if s in ("inf", "float('inf')") else int(s)
+    if s in ("inf", "float('inf')"):
+        return math.inf
+    try:
+        return int(s)
+    except ValueError:
+        # argparse prefixes the option name; its own message would name this function instead of the value kind.
+        raise argparse.ArgumentTypeError(f"expected an integer or inf, got {s!r}") from None
 
 
 def _add_base(p: argparse.ArgumentParser) -> None:

@@ -427,3 +427,14 @@ def test_atomic_write_helpers(tmp_path):
     assert np.load(tmp_path / "c.npy").tolist() == [0, 1, 2]
     with pytest.raises(IsADirectoryError):
         atomic_save({}, tmp_path)
+
+
+def test_messages_name_options_not_python(data, tmp_path, capsys):
+    rc, err = run_cli(capsys, "train", *tiny(data, tmp_path, "run", "--max_dataset_size", "lots"))
+    assert rc == 2 and "--max_dataset_size" in err and "integer or inf" in err and "_inf_int" not in err
+    root = tmp_path / "data"
+    shutil.copytree(data, root)
+    shutil.rmtree(root / "train_inst")
+    rc, err = run_cli(capsys, "train", *tiny(str(root), tmp_path / "ckpt", "run"))
+    assert rc == 2
+    one_line_error(err, "--no_instance")

@@ -310,7 +310,10 @@ class Pix2PixHDDataset(Dataset):
         if need_image and not image_dir.is_dir():
             raise ValueError(f"image folder {image_dir} does not exist (needed for training / use_encoded_image)")
         if not self.no_instance and not inst_dir.is_dir():
-            raise ValueError(f"instance folder {inst_dir} does not exist; pass no_instance=True if there is none")
+            raise ValueError(
+                f"instance folder {inst_dir} does not exist; without instance maps use --no_instance "
+                "(no_instance=True in Python)"
+            )
         others: dict[str, dict[str, Path]] = {}
         for kind, folder, wanted in (
             ("instance", inst_dir, not self.no_instance),
