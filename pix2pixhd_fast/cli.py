@@ -470,7 +470,10 @@ _PASSTHROUGH["bench"] = _cmd_bench
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in _PASSTHROUGH:
-        return _PASSTHROUGH[argv[0]](argv[1:])
+        try:
+            return _PASSTHROUGH[argv[0]](argv[1:])
+        except KeyboardInterrupt:  # Ctrl-C in a command without its own handling: a line, not a traceback
+            return _interrupted(argv[0])
     parser = argparse.ArgumentParser(prog="pix2pixhd-fast", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("train", help="train pix2pixHD (reference train.py options; see train --help)", add_help=False)
@@ -517,7 +520,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic scene")
     p.set_defaults(fn=_cmd_check_ops)
     args = parser.parse_args(argv)
-    return args.fn(args)
+    try:
+        return args.fn(args)
+    except KeyboardInterrupt:
+        return _interrupted(args.cmd)
 
 
 if __name__ == "__main__":

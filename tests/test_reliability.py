@@ -438,3 +438,14 @@ def test_messages_name_options_not_python(data, tmp_path, capsys):
     rc, err = run_cli(capsys, "train", *tiny(str(root), tmp_path / "ckpt", "run"))
     assert rc == 2
     one_line_error(err, "--no_instance")
+
+
+def test_ctrl_c_in_any_command_is_one_line(monkeypatch, capsys):
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_cmd_info", interrupted)
+    monkeypatch.setitem(cli._PASSTHROUGH, "export", interrupted)
+    for argv in (["info"], ["export", "--format", "onnx"]):
+        rc, err = run_cli(capsys, *argv)
+        assert rc == 130 and "interrupted" in err and "Traceback" not in err
