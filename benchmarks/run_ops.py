@@ -192,6 +192,21 @@ def run_case(
             kernel_mode = "eager"
     slow = {im.name for im in impls if im.slow}
     fns = {name: _rotating(run, states[name]) for name, run in runs.items()}
+    # A baseline that cannot run here (e.g. torch.compile failing on this machine) is reported, not timed.
+    failed: dict[str, str] = {}
+    for im in impls:
+        if im.name == "fast" or not im.compiled:
+            continue
+        try:
+            fns[im.name]()  # compiles
+            if device == "cuda":
+                torch.cuda.synchronize()
+        except Exception as e:
+            text = str(e).strip()
+            failed[im.name] = f"{type(e).__name__}: {text.splitlines()[0][:200] if text else ''}"
+            print(f"  [{case.id}] {im.name} failed, left out: {failed[im.name]}", flush=True)
+            del fns[im.name]
+    impls = [im for im in impls if im.name not in failed]
     tiny = sizes == "tiny"
     samples = measure_interleaved(
         {n: f for n, f in fns.items() if n not in slow},
@@ -230,6 +245,7 @@ def run_case(
         "target": case.target_text,
         "floor_max": case.floor_max,
         "baselines": [],
+        "baseline_errors": failed,
         "samples_s": {n: v for n, v in samples.items()},
     }
     if "inst" in sets[0]:
@@ -317,6 +333,9 @@ def render_text(res: dict) -> str:
         " on CUDA, the fast call on CPU):",
         text_table(*floor_table(res["rows"])),
     ]
+    left = [f"  {r['id']} {n}: {e}" for r in res["rows"] for n, e in r.get("baseline_errors", {}).items()]
+    if left:
+        parts += ["", "Baselines that failed here (left out):"] + left
     if res["errors"]:
         parts += ["", "FAILED cases:"] + [f"  {e['id']}: {e['error']}" for e in res["errors"]]
     return "\n".join(parts)
@@ -341,6 +360,9 @@ def render_markdown(res: dict) -> str:
     missed = [f"{r['id']} vs {b['name']}" for r in res["rows"] for b in r["baselines"] if b["met"] is False]
     missed += [f"{r['id']} floor" for r in res["rows"] if r["floor_met"] is False]
     parts += ["", f"Targets missed: {', '.join(missed) if missed else 'none'}", ""]
+    left = [f"- {r['id']} {n}: {e}" for r in res["rows"] for n, e in r.get("baseline_errors", {}).items()]
+    if left:
+        parts += ["## Baselines that failed here (left out)", "", *left, ""]
     if res["errors"]:
         parts += ["## FAILED cases", ""] + [f"- {e['id']}: {e['error']}" for e in res["errors"]] + [""]
     return "\n".join(parts)
@@ -357,7 +379,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--markdown", default=None, help="write the tables here")
     ap.add_argument("--only", default=None, help="comma-separated substrings of case ids to run")
     ap.add_argument(
-        "--max-seconds", type=float, default=None, help="timed seconds per case at most (cpu 8, gpu 3, tiny 0.5)"
+        "--max-seconds", type=float, default=None, help="timed seconds per case at most (cpu 4, gpu 2, tiny 0.5)"
     )
     ap.add_argument(
         "--no-compile", action="store_true", help="leave out the torch.compile baselines (their compilation is slow)"
@@ -381,7 +403,7 @@ def main(argv=None) -> dict:
     sizes = args.sizes or ("gpu" if device == "cuda" else "cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
-    max_s = args.max_seconds if args.max_seconds is not None else {"tiny": 0.5, "cpu": 8.0, "gpu": 3.0}[sizes]
+    max_s = args.max_seconds if args.max_seconds is not None else {"tiny": 0.5, "cpu": 4.0, "gpu": 2.0}[sizes]
     torch.manual_seed(args.seed)
 
     res: dict[str, Any] = {

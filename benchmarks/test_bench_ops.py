@@ -13,7 +13,7 @@ import torch
 from cases import build_cases
 from conftest import BENCH_DEVICE, BENCH_SIZES
 
-CASES = build_cases(BENCH_DEVICE, BENCH_SIZES, purpose="pytest")
+CASES = build_cases(BENCH_DEVICE, BENCH_SIZES, purpose="pytest", compiled=False)  # compile rows: run_ops.py
 PARAMS = [
     pytest.param(case, impl.name, id=f"{case.op}-{case.variant}-{impl.name}".replace(" ", "-"))
     for case in CASES
