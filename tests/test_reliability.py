@@ -139,6 +139,7 @@ def test_cli_test_with_unreadable_generator(data, run_copy, tmp_path, capsys, ki
     assert rc == 2
     one_line_error(err, str(g), "retrain")
     assert "weights_only=False" not in err.replace(" ", "")
+    assert not (tmp_path / "res").exists()
 
 
 @pytest.mark.parametrize("kind", ["truncated", "malicious_pickle", "zero_bytes"])
@@ -169,6 +170,11 @@ def test_bad_train_option_names_it_and_writes_nothing(data, tmp_path, capsys, op
     assert rc == 2
     one_line_error(err, option)
     assert not ckpt.exists()
+
+
+def test_verbose_shows_the_traceback(data, tmp_path, capsys):
+    rc, err = run_cli(capsys, "train", *tiny(data, tmp_path, "run", "--save_epoch_freq", "0", "--verbose"))
+    assert rc == 2 and "Traceback" in err and err.rstrip().splitlines()[-1].startswith("pix2pixhd-fast train: error")
 
 
 def test_no_epochs_to_train_keeps_an_existing_run(data, run_copy, capsys):
