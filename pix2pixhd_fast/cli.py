@@ -158,6 +158,7 @@ def _cmd_make_synthetic(args: argparse.Namespace) -> int:
         return _interrupted("make-synthetic")
     except _USER_ERRORS as e:
         return _fail("make-synthetic", e, args.verbose)
+    summary["size"] = f"{height}x{width}"  # as --size has it (HEIGHTxWIDTH)
     print(json.dumps(summary, indent=1, default=str))
     return 0
 

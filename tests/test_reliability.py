@@ -2,6 +2,7 @@
 or file, and nothing the user made is damaged (checkpoints, opt.txt, earlier runs)."""
 
 import errno
+import json
 import os
 import pickle
 import shutil
@@ -321,7 +322,7 @@ def test_make_synthetic_size_is_height_by_width(tmp_path, capsys):
     assert (
         cli.main(["make-synthetic", "--out", str(tmp_path / "s"), "--n", "1", "--n_test", "0", "--size", "16x48"]) == 0
     )
-    capsys.readouterr()
+    assert json.loads(capsys.readouterr().out)["size"] == "16x48"  # reported as given
     img = Image.open(next((tmp_path / "s" / "train_img").iterdir()))
     assert img.size == (48, 16)  # PIL sizes are (width, height)
 
