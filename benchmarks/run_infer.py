@@ -398,7 +398,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=None, help="warm-up calls after the first (CPU 1, CUDA 3)")
     ap.add_argument("--max-rounds", type=int, default=200, help="rounds at most (stop earlier at a +-5%% interval)")
     ap.add_argument(
-        "--max-seconds", type=float, default=None, help="timed seconds per problem at most (CPU 60, CUDA 20)"
+        "--max-seconds", type=float, default=None, help="timed seconds per problem at most (CPU 40, CUDA 20)"
     )
     ap.add_argument("--budget-s", type=float, default=None, help="start no new problem or set-up after this time")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (onnxruntime gets the same)")
@@ -410,7 +410,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.rounds = args.rounds if args.rounds is not None else 5
     args.warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)
     if args.max_seconds is None:
-        args.max_seconds = 20.0 if cuda else 60.0
+        args.max_seconds = 20.0 if cuda else 40.0
     for k in ("iters", "rounds", "max_rounds"):
         if getattr(args, k) < 1:
             ap.error(f"--{k} must be >= 1")
