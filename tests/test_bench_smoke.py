@@ -588,3 +588,42 @@ def test_run_ops_compiled_baseline_tiny_cpu(tmp_path):
         assert [b["name"] for b in compiled] == ["torch.compile(reference)"] and compiled[0]["ratio"] > 0
     else:
         assert list(row["baseline_errors"]) == ["torch.compile(reference)"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# pix2pixhd_fast.demo: the multi-seed summary (the demo itself is run by `make demo`)
+
+
+def test_demo_seeds_summary(tmp_path, monkeypatch, capsys):
+    import statistics
+
+    from pix2pixhd_fast import demo
+
+    psnr = {0: (16.0, 17.0), 1: (16.5, 16.25), 2: (15.0, 16.5)}  # seed -> (no features, encoded features)
+    seen = []
+
+    def fake_run_demo(out, quick=False, seed=0, device=None, epochs=None):
+        seen.append((out, seed, quick, epochs))
+        base, enc = psnr[seed]
+        return {"test_psnr_db": {"no_features_model": base, "encoded_real_image_features": enc}}
+
+    monkeypatch.setattr(demo, "run_demo", fake_run_demo)
+    res = demo.run_demo_seeds(str(tmp_path), [0, 1, 2], quick=True, epochs=2)
+    assert [s for _, s, _, _ in seen] == [0, 1, 2] and all(q and e == 2 for _, _, q, e in seen)
+    assert [o for o, *_ in seen] == [str(tmp_path / f"seed{s}") for s in (0, 1, 2)]
+    gains = [1.0, -0.25, 1.5]
+    assert [r["gain_db"] for r in res["runs"]] == gains
+    g = res["gain_db"]
+    assert g["mean"] == statistics.mean(gains) and g["stdev"] == statistics.stdev(gains)
+    assert (g["min"], g["max"], g["seeds_with_gain"]) == (-0.25, 1.5, 2)
+    assert json.loads((tmp_path / "demo_seeds_summary.json").read_text()) == res
+    commit = res["commit"]
+    assert commit is None or (len(commit.split("-")[0]) == 40 and commit.split("-")[0].isalnum())
+    assert "gain over 3 seeds: +0.75 dB" in capsys.readouterr().out
+    for bad in ([], [0, 0], [-1], [True]):
+        try:
+            demo.run_demo_seeds(str(tmp_path), bad)
+        except ValueError as e:
+            assert "seeds" in str(e)
+        else:
+            raise AssertionError(f"{bad} accepted")
