@@ -847,8 +847,15 @@ def render_report(
             parts += [f"### {run.name}", "", f"{run.describe()}; {_software(run.machine)}; {_conditions(d)}.", ""]
             parts += [
                 f"Random weights (seed {s['seed']}); first call (compilation, engine build) and {s['warmup']} warm-up "
-                f"calls apart, then {s['rounds']} interleaved rounds of {s['iters']} calls per configuration; "
-                "latency = median, vs (a) = median of per-round ratios; set-up includes the ONNX export.",
+                f"calls apart, then interleaved rounds of {s['iters']} calls per configuration "
+                + (
+                    f"(at least {s['rounds']}, until every ratio's 95% interval is within +-5% or "
+                    f"{s['max_seconds']:g} s); latency = median, vs (a) = paired median of (a)'s call / this one's "
+                    "[95% interval]; "
+                    if s.get("max_seconds") is not None
+                    else f"({s['rounds']} rounds); latency = median, vs (a) = median of per-round ratios; "
+                )
+                + "set-up includes the ONNX export.",
                 "",
             ]
             if not d.get("complete", True) or d.get("skipped"):
