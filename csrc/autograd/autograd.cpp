@@ -9,6 +9,7 @@
 //
 // One file, not one per op: scripts/dev_build.py (torch.utils.cpp_extension.load) puts every object into
 // one flat folder, where autograd/<op>.cpp would collide with cpu/<op>.cpp.
+#include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
@@ -138,9 +139,40 @@ at::Tensor instance_avg_pool_autograd(const at::Tensor& feat, const at::Tensor& 
 // mean/rstd are outputs kept for the backward only (non-differentiable). The backward is the registered
 // instance_norm_act_backward op, asked only for the gradients that autograd needs (output_mask).
 //
-// Double backward (create_graph=True, then a backward through the gradients) is not implemented: the
-// backward op's own autograd kernel records a node that raises a clear error when reached, instead of
-// silently dropping the second-order terms.
+// Double backward: under create_graph=True (grad mode is on inside backward) the gradients are computed
+// from the reference math in ATen ops instead (norm_backward_differentiable), which autograd records, so a
+// gradient of the gradients (R1 and other gradient penalties) is exact. The fused backward op keeps a node
+// that refuses a double backward for callers that invoke it directly with inputs requiring grad.
+
+// The norm's gradients from reference math in differentiable ATen ops: mean and rstd are recomputed from x
+// (the saved ones are non-differentiable outputs), in fp32 (fp64 for fp64 x) as the kernels accumulate.
+// grad_y and x: [N,C,H,W]; weight/bias: [C] or undefined. Gradients not in `mask` are undefined.
+Tensor3 norm_backward_differentiable(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight,
+                                     const at::Tensor& bias, double eps, double negative_slope,
+                                     std::array<bool, 3> mask) {
+  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::Tensor xa = x.to(acc);
+  const at::Tensor mean = xa.mean({2, 3}, /*keepdim=*/true);
+  const at::Tensor centered = xa - mean;
+  const at::Tensor rstd = at::rsqrt(centered.pow(2).mean({2, 3}, /*keepdim=*/true) + eps);
+  const at::Tensor xhat = centered * rstd;
+  const at::Tensor w = weight.defined() ? weight.to(acc).view({1, -1, 1, 1}) : at::Tensor();
+  at::Tensor g = grad_y.to(acc);
+  if (negative_slope != 1.0) {
+    // The activation's slope at the pre-activation z = w * xhat + b (a.e. constant: no second-order term).
+    at::Tensor z = w.defined() ? xhat * w : xhat;
+    if (bias.defined()) z = z + bias.to(acc).view({1, -1, 1, 1});
+    g = at::where(z.detach() > 0, g, g * negative_slope);
+  }
+  at::Tensor gx, gw, gb;
+  if (mask[1]) gw = (g * xhat).sum({0, 2, 3}).to(weight.scalar_type());
+  if (mask[2]) gb = g.sum({0, 2, 3}).to(bias.scalar_type());
+  if (mask[0]) {
+    const at::Tensor gxhat = w.defined() ? g * w : g;
+    gx = (rstd * (gxhat - gxhat.mean({2, 3}, true) - xhat * (gxhat * xhat).mean({2, 3}, true))).to(x.scalar_type());
+  }
+  return {gx, gw, gb};
+}
 
 Tensor3 norm(const at::Tensor& x, const OptTensor& weight, const OptTensor& bias, double eps, double negative_slope) {
   static const auto op = find_op<Tensor3(const at::Tensor&, const OptTensor&, const OptTensor&, double, double)>(
@@ -170,8 +202,8 @@ class InstanceNormActBackwardFunction : public torch::autograd::Function<Instanc
 
   static variable_list backward(AutogradContext* /*ctx*/, const variable_list& /*grads*/) {
     TORCH_CHECK(false,
-                "pix2pixhd_fast::instance_norm_act: double backward is not supported (a gradient of its "
-                "gradients, e.g. a gradient penalty through the norm); use nn.InstanceNorm2d + LeakyReLU there");
+                "pix2pixhd_fast::instance_norm_act_backward: a gradient of this op's outputs is not supported; "
+                "differentiate instance_norm_act with create_graph=True instead (its double backward is exact)");
     return {};
   }
 };
@@ -193,6 +225,7 @@ class InstanceNormActFunction : public torch::autograd::Function<InstanceNormAct
                                const OptTensor& bias, double eps, double negative_slope) {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [y, mean, rstd] = norm(x, weight, bias, eps, negative_slope);
+    ctx->saved_data["eps"] = eps;
     ctx->saved_data["negative_slope"] = negative_slope;
     ctx->save_for_backward({x, mean, rstd, weight.value_or(at::Tensor()), bias.value_or(at::Tensor())});
     ctx->mark_non_differentiable({mean, rstd});
@@ -212,9 +245,13 @@ class InstanceNormActFunction : public torch::autograd::Function<InstanceNormAct
     const std::array<bool, 3> mask{ctx->needs_input_grad(0), has_w && ctx->needs_input_grad(1),
                                    has_b && ctx->needs_input_grad(has_w ? 2 : 1)};
     if (!mask[0] && !mask[1] && !mask[2]) return out;
-    // With autograd: under create_graph=True this records the node that refuses a double backward.
-    auto [gx, gw, gb] = norm_backward(grad_y, x, mean, rstd, optional_of(weight), optional_of(bias),
-                                      ctx->saved_data["negative_slope"].toDouble(), mask);
+    const double negative_slope = ctx->saved_data["negative_slope"].toDouble();
+    // Grad mode is on here only under create_graph=True: then the recorded, differentiable formulation.
+    auto [gx, gw, gb] =
+        at::GradMode::is_enabled()
+            ? norm_backward_differentiable(grad_y, x, weight, bias, ctx->saved_data["eps"].toDouble(),
+                                           negative_slope, mask)
+            : norm_backward(grad_y, x, mean, rstd, optional_of(weight), optional_of(bias), negative_slope, mask);
     if (mask[0]) out[0] = gx;
     if (mask[1]) out[1] = gw;
     if (mask[2]) out[2] = gb;
@@ -234,7 +271,8 @@ Tensor3 instance_norm_act_autograd(const at::Tensor& x, const OptTensor& weight,
 
 // ---- instance_norm_act_pad: differentiable in x, weight, bias and residual ----------------------------------
 // As instance_norm_act; the backward op folds the padded gradient and returns the folded gradient as the
-// residual's. Double backward is refused the same way (the backward op's node raises when reached).
+// residual's. Double backward as instance_norm_act's: under create_graph=True the fold is
+// reflection_pad2d_backward (differentiable) followed by norm_backward_differentiable.
 
 using Tensor4 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
@@ -269,8 +307,9 @@ class InstanceNormActPadBackwardFunction : public torch::autograd::Function<Inst
 
   static variable_list backward(AutogradContext* /*ctx*/, const variable_list& /*grads*/) {
     TORCH_CHECK(false,
-                "pix2pixhd_fast::instance_norm_act_pad: double backward is not supported (a gradient of its "
-                "gradients); use nn.InstanceNorm2d + LeakyReLU + ReflectionPad2d there");
+                "pix2pixhd_fast::instance_norm_act_pad_backward: a gradient of this op's outputs is not "
+                "supported; differentiate instance_norm_act_pad with create_graph=True instead (its double "
+                "backward is exact)");
     return {};
   }
 };
@@ -296,6 +335,7 @@ class InstanceNormActPadFunction : public torch::autograd::Function<InstanceNorm
                                int64_t pad) {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [y, mean, rstd] = norm_pad(x, weight, bias, residual, eps, negative_slope, pad);
+    ctx->saved_data["eps"] = eps;
     ctx->saved_data["negative_slope"] = negative_slope;
     ctx->saved_data["pad"] = pad;
     ctx->saved_data["has_residual"] = given(residual);
@@ -319,9 +359,19 @@ class InstanceNormActPadFunction : public torch::autograd::Function<InstanceNorm
     const std::array<bool, 4> mask{ctx->needs_input_grad(0), has_w && ctx->needs_input_grad(iw),
                                    has_b && ctx->needs_input_grad(ib), has_r && ctx->needs_input_grad(ir)};
     if (!mask[0] && !mask[1] && !mask[2] && !mask[3]) return out;
-    auto [gx, gw, gb, gr] = norm_pad_backward(grad_y, x, mean, rstd, optional_of(weight), optional_of(bias),
-                                              ctx->saved_data["negative_slope"].toDouble(),
-                                              ctx->saved_data["pad"].toInt(), mask);
+    const double negative_slope = ctx->saved_data["negative_slope"].toDouble();
+    const int64_t pad = ctx->saved_data["pad"].toInt();
+    at::Tensor gx, gw, gb, gr;
+    if (at::GradMode::is_enabled()) {
+      // create_graph=True: fold the reflected border with a differentiable op, then the reference norm math.
+      const at::Tensor folded = pad > 0 ? at::reflection_pad2d_backward(grad_y, x, {pad, pad, pad, pad}) : grad_y;
+      std::tie(gx, gw, gb) = norm_backward_differentiable(folded, x, weight, bias, ctx->saved_data["eps"].toDouble(),
+                                                          negative_slope, {mask[0], mask[1], mask[2]});
+      if (mask[3]) gr = folded;
+    } else {
+      std::tie(gx, gw, gb, gr) = norm_pad_backward(grad_y, x, mean, rstd, optional_of(weight), optional_of(bias),
+                                                   negative_slope, pad, mask);
+    }
     if (mask[0]) out[0] = gx;
     if (mask[1]) out[1] = gw;
     if (mask[2]) out[2] = gb;

@@ -32,6 +32,14 @@ class InstanceNormAct(nn.Module):
             self.register_parameter("bias", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            # TorchScript calls the registered op directly (the Python API below is not scriptable).
+            op = torch.ops.pix2pixhd_fast.instance_norm_act
+            return op(x, self.weight, self.bias, self.eps, self.negative_slope)[0]
+        return self._eager_norm(x)
+
+    @torch.jit.unused
+    def _eager_norm(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.size(1) != self.num_features:
             raise ValueError(
                 f"{type(self).__name__}({self.num_features}) expects [N,{self.num_features},H,W], got {tuple(x.shape)}"
@@ -93,6 +101,12 @@ class InstanceAvgPool(nn.Module):
     """Instance-wise average pooling + broadcast: ``(feat [N,C,H,W], inst [N,1,H,W]) -> [N,C,H,W]``."""
 
     def forward(self, feat: torch.Tensor, inst: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return torch.ops.pix2pixhd_fast.instance_avg_pool(feat, inst)
+        return self._eager_pool(feat, inst)
+
+    @torch.jit.unused
+    def _eager_pool(self, feat: torch.Tensor, inst: torch.Tensor) -> torch.Tensor:
         return ops.instance_avg_pool(feat, inst)
 
 
@@ -104,4 +118,10 @@ class InstanceBoundary(nn.Module):
         self.dtype = dtype
 
     def forward(self, inst: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return torch.ops.pix2pixhd_fast.instance_boundary(inst, self.dtype)
+        return self._eager_boundary(inst)
+
+    @torch.jit.unused
+    def _eager_boundary(self, inst: torch.Tensor) -> torch.Tensor:
         return ops.instance_boundary(inst, self.dtype)
