@@ -69,7 +69,12 @@ def ratio_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
 
 def floor_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     """run_ops rows (after add_floor) -> kernel time, bytes, GB/s, share of peak, x floor, floor target."""
-    head = ["op", "variant", "kernel", "bytes", "counted as", "GB/s", "% peak", "x floor", "floor target", "met"]
+    nominal = any(r.get("x_floor_nominal") for r in rows)
+    head = ["op", "variant", "kernel", "bytes", "counted as", "GB/s", "% peak", "x floor"]
+    if nominal:
+        gbps = next(r["nominal_gbps"] for r in rows if r.get("x_floor_nominal"))
+        head.append(f"x floor at {gbps / 1000:g} TB/s")
+    head += ["floor target", "met"]
     body = []
     for r in rows:
         pct = 100.0 / r["x_floor"] if r["x_floor"] else 0.0
@@ -84,6 +89,7 @@ def floor_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
                 f"{r['gbps']:.0f}" if r["gbps"] >= 10 else f"{r['gbps']:.2f}",
                 f"{pct:.0f}%",
                 f"{r['x_floor']:.2f}x",
+                *([f"{r['x_floor_nominal']:.2f}x" if r.get("x_floor_nominal") else "-"] if nominal else []),
                 tgt,
                 _met(r["floor_met"]),
             ]

@@ -48,3 +48,13 @@ def infer_targets(sizes: str, problem: str) -> dict[str, float]:
 def train_targets(sizes: str, problem: str) -> dict[str, float]:
     """``{vs_a/vs_b/vs_e/mem_vs_a/saved_bytes_vs_a: value}`` of one training problem."""
     return {k: float(v) for k, v in load()["train"].get(sizes, {}).get(problem, {}).items()}
+
+
+def nominal_bandwidth_gbps(device_name: str | None) -> float | None:
+    """The nominal memory bandwidth (GB/s) of a GPU by name (``"NVIDIA H200"`` -> 4300), or None if unlisted."""
+    if not device_name:
+        return None
+    for key, gbps in load().get("bandwidth_gbps", {}).items():
+        if key.lower() in device_name.lower():
+            return float(gbps)
+    return None
