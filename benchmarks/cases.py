@@ -3,7 +3,7 @@
 A :class:`Case` is one op in one configuration (dtype, memory format, pass). It holds the fast path
 (``pix2pixhd_fast.ops``), the raw compiled op (``torch.ops.pix2pixhd_fast``, capturable in a CUDA graph, used
 for the bandwidth-floor numbers), the PyTorch baselines, the bytes the op must move, and the targets of
-DESIGN.md. Inputs are made lazily, per input set, from a seed: fresh random data, never zeros.
+benchmarks/targets.toml. Inputs are made lazily, per input set, from a seed: fresh random data, never zeros.
 
 Every implementation is split into ``prepare(input_set) -> state`` (untimed: e.g. the forward pass whose
 backward is timed) and ``run(state)`` (timed).
@@ -28,7 +28,7 @@ from pix2pixhd_fast.data.synthetic import render_scene
 LABEL_NC = 35  # Cityscapes label ids 0..33 (+1 spare), as pix2pixHD's cityscapes setting
 EPS = 1e-5
 
-# Sizes from DESIGN.md ("cpu", "gpu") and a tiny set for smoke tests.
+# The sizes the targets are set for ("cpu", "gpu") and a tiny set for smoke tests.
 SIZES: dict[str, dict[str, Any]] = {
     "cpu": {"norm": (1, 64, 256, 512), "pool": (1, 3, 256, 512), "ids": (1, 256, 512)},
     "gpu": {"norm": (1, 64, 1024, 2048), "pool": (1, 3, 1024, 2048), "ids": (1, 1024, 2048)},
@@ -56,7 +56,7 @@ _DT_NAME = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"
 
 
 # ----------------------------------------------------------------------------------------------------
-# Cityscapes-like scenes
+# Street scenes
 
 
 @functools.lru_cache(maxsize=64)
@@ -251,7 +251,7 @@ def norm_cases(device: str, sizes: str, dtypes, formats, passes, compiled: bool 
                 if p == "fwd":
                     note = "3 passes: read x twice, write y"
                 elif p == "bwd":
-                    note = "3 passes (DESIGN count): read x, read gy, write gx"
+                    note = "3 passes (the targets' count): read x, read gy, write gx"
                 else:
                     note = "6 passes: fwd 3 + bwd 3"
                     nbytes *= 2

@@ -4,9 +4,9 @@
     python benchmarks/run_infer.py --device cuda --json gpu_infer.json --budget-s 60      # LocalEnhancer, global
     python benchmarks/run_infer.py --sizes tiny --backends a,r,b,d,e --rounds 2           # smoke run (seconds)
 
-Problems (run_train.py's, same options and synthetic Cityscapes-like scene: uint8 labels in [0, 35), int32 instance
+Problems (run_train.py's, same options and synthetic street scene: uint8 labels in [0, 35), int32 instance
 ids, batch 1): on the CPU the global generator (ngf 32) at 256x512; on a GPU the LocalEnhancer (ngf 32) at
-2048x1024 first (DESIGN.md's target: TensorRT or torch.compile + CUDA graphs >= 3x the fp32 eager latency), then
+2048x1024 first (targets.toml: ours through torch.compile + CUDA graphs >= 3x the fp32 eager latency), then
 the global generator (ngf 64) at 1024x512. Weights are random (seeded, the same in every configuration: the fast
 models load the baseline's state_dict): latency does not depend on their values, and no checkpoint is needed.
 

@@ -1,6 +1,6 @@
 """Operator benchmarks: each fast op beside its PyTorch baselines, in one process, as a table of ratios.
 
-    python benchmarks/run_ops.py --device cpu                    # DESIGN.md CPU sizes
+    python benchmarks/run_ops.py --device cpu                    # the CPU sizes of targets.toml
     python benchmarks/run_ops.py --device cuda --json gpu.json --markdown gpu.md
     python benchmarks/run_ops.py --device cpu --sizes tiny       # smoke run
 

@@ -5,18 +5,19 @@
     python benchmarks/run_scaling.py --tiny                     # smoke run (seconds)
 
 Two series, each case measured exactly as run_ops.py measures it (warm-up, fresh random inputs from a seed,
-medians of interleaved rounds; CUDA events per call on the GPU, plus the CUDA-graph replayed kernel):
+benchmarks/timing.py's interleaved rounds; CUDA events per call on the GPU, plus the CUDA-graph replayed kernel),
+without the torch.compile baselines (one compilation per resolution would dominate the run):
 
 1. Resolution: the four ops, fast vs their baselines, at 256x512, 512x1024 and 1024x2048 (HxW; the CPU stops
    at 512x1024 by default: the reference loop and nn.InstanceNorm2d take seconds beyond): instance_norm_relu
-   fwd bf16 channels-last (1x64xHxW), instance_avg_pool fwd+bwd fp32 (1x3xHxW, ~60 Cityscapes-like
-   instances), instance_boundary (int32 ids), encode_input (35 labels + edges, fp32 NCHW). Each op should scale
+   fwd bf16 channels-last (1x64xHxW), instance_avg_pool fwd+bwd fp32 (1x3xHxW, street scenes of
+   ~20 instances), instance_boundary (int32 ids), encode_input (35 labels + edges, fp32 NCHW). Each op should scale
    with the pixels (bytes); the ratio to its baseline should hold or grow.
 2. Instance count: instance_avg_pool at a fixed size (CPU 256x512, GPU 1024x2048) with exactly 1, 10, 100 and
-   1000 instances (``cases.tiled_instances``), ours vs the reference per-id loop vs scatter_reduce(mean). Ours
-   must stay flat; the loop grows linearly in the number of ids.
+   1000 instances (``cases.tiled_instances``), ours vs the reference per-id loop vs scatter_reduce(mean). The
+   loop grows linearly in the number of ids; the series shows how much ours grows.
 
-The instance-count series runs first (it answers DESIGN.md's claim), then resolution from small to large;
+The instance-count series runs first, then resolution from small to large;
 ``--budget-s`` starts no new case after that many seconds (a capped GPU step keeps what it measured). The JSON
 is rewritten after every case. ``kind: "scaling"`` marks the file for benchmarks/report.py.
 """
@@ -88,8 +89,8 @@ def _int_list(text: str) -> list[int]:
 
 
 def resolution_cases(device: str, h: int, w: int) -> list[Case]:
-    """The four ops' representative cases at ``h`` x ``w`` (see SERIES), without DESIGN.md's targets (those
-    belong to the DESIGN sizes)."""
+    """The four ops' representative cases at ``h`` x ``w`` (see SERIES), without targets (those belong to
+    the sizes of targets.toml)."""
     key = register_size(f"scaling-{h}x{w}", h, w)
     cases = (
         norm_cases(device, key, (torch.bfloat16,), (True,), ("fwd",), compiled=False)
