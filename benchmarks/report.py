@@ -925,7 +925,7 @@ def render_report(
 
 # Why the CPU instance_avg_pool's time grows with the instance count (README's summary states it with the figures).
 POOL_GROWTH_WHY = (
-    "the CPU kernel walks each row as runs of equal ids (one id lookup per run) and keep one sum per instance, so the "
+    "the CPU kernel walks each row as runs of equal ids (one id lookup per run) and keeps one sum per instance, so the "
     "cost follows the number of instance boundaries and the size of that table, not pixels x instances"
 )
 
@@ -952,7 +952,13 @@ def readme_summary(runs: list[Run]) -> list[str]:
                 by_op.setdefault(r["op"], []).append(r)
             heads = [h for rows in by_op.values() if (h := _op_headline(run, rows))]
             if heads:
-                lines.append(f"- **{run.name}** operators, vs the strongest stock baseline: " + "; ".join(heads) + ".")
+                rows = _op_rows(run.data["ops"])
+                what = (
+                    "vs the strongest stock baseline"
+                    if all("strongest" in r for r in rows)
+                    else "vs the fastest baseline in its file (no F.group_norm or torch.compile rows)"
+                )
+                lines.append(f"- **{run.name}** operators, {what}: " + "; ".join(heads) + ".")
         for p in run.data.get("infer", {}).get("problems", []):
             rows = {r["key"]: r for r in p["rows"] if r.get("status") == "ok"}
             parts = []
