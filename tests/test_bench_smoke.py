@@ -10,6 +10,7 @@ import json
 import os
 import sys
 
+import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -627,3 +628,19 @@ def test_demo_seeds_summary(tmp_path, monkeypatch, capsys):
             assert "seeds" in str(e)
         else:
             raise AssertionError(f"{bad} accepted")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_measure_interleaved_cuda_events():
+    # CUDA events on the current stream: per-call device times, the longer op measured longer, no host sync needed
+    # inside a round (the samples are read after the round's synchronize).
+    timing = _load_bench("timing")
+    x = torch.randn(4096, 4096, device="cuda")
+    small = torch.randn(16, device="cuda")
+    out = timing.measure_interleaved(
+        {"mm": lambda: x @ x, "add": lambda: small + 1}, device="cuda", min_rounds=5, max_rounds=5, calls_per_round=3
+    )
+    assert all(len(v) == 15 and min(v) > 0 for v in out.values())
+    r, lo, hi = timing.ratio_ci(out["mm"], out["add"])
+    assert lo <= r <= hi and r > 10  # a 4096^3 matmul against a 16-element add
