@@ -24,7 +24,7 @@ TORCH_CUDA_ARCH_LIST ?= 8.0;9.0+PTX
 CUDA_HOME ?= /usr/local/cuda
 export TORCH_CUDA_ARCH_LIST CUDA_HOME
 
-DEPS := numpy pybind11 ninja pytest pytest-benchmark pillow tqdm scikit-learn tensorboard onnx onnxruntime \
+DEPS := numpy pybind11 ninja pytest pytest-benchmark pillow tqdm scikit-learn tensorboard onnx onnxruntime onnxscript onnxconverter-common \
         ruff expecttest matplotlib
 SOURCES := setup.py pyproject.toml $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' 2>/dev/null)
 

@@ -357,6 +357,10 @@ def _register() -> None:
 
 if _lib.load():
     _register()
+    # ONNX translations for both torch.onnx exporters (onnxscript is imported only when an export needs it).
+    from .onnx_ops import install_onnx_hook
+
+    install_onnx_hook()
     if not torch._C._dispatch_has_kernel_for_dispatch_key("pix2pixhd_fast::instance_norm_act", "Autograd"):
         # A library built before csrc/autograd/autograd.cpp: its ops would run, but gradients through them
         # would be silently dropped (autograd's fallback only warns in backward).
