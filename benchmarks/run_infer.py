@@ -17,7 +17,9 @@ Configurations (``--backends`` picks by key):
   (r) eager, bf16 autocast + channels-last, reference ops: what precision and layout alone give;
   (b) eager, bf16 autocast + channels-last, our fused ops (``vs_stock``: what our ops add over (r));
   (ac), (rc), (c): (a), (r), (b) through torch.compile (inductor, fullgraph; CUDA graphs on the GPU):
-      ``pix2pixhd_fast.infer``'s ``compile`` backend; (c) is also set against (rc);
+      ``pix2pixhd_fast.infer``'s ``compile`` backend; (c) is also set against (rc). That backend compiles
+      ``export.InferenceGraph``, which encodes the input with ``ops.encode_input`` whatever the model's ``--ops``:
+      in (rc) and (ac) the generator's layers are stock, the input encoding (one op of the graph) is ours;
   (d) onnxruntime, fp32, the generator's ONNX export (CPU only: on a GPU machine it would time the host);
   (e) TensorRT, bf16, an engine built from that export (needs TensorRT and a GPU; else recorded as skipped, with the
       reason).
