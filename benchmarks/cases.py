@@ -13,14 +13,19 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import targets
 import torch
 import torch.nn.functional as F
+
+if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # targets.py beside this file, however loaded
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import targets  # noqa: E402
 
 from pix2pixhd_fast import ops, reference
 from pix2pixhd_fast.data.synthetic import render_scene

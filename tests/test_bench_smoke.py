@@ -644,3 +644,30 @@ def test_measure_interleaved_cuda_events():
     assert all(len(v) == 15 and min(v) > 0 for v in out.values())
     r, lo, hi = timing.ratio_ci(out["mm"], out["add"])
     assert lo <= r <= hi and r > 10  # a 4096^3 matmul against a 16-element add
+
+
+def test_targets_file_names_real_rows():
+    # A target whose op, variant or baseline name matches no row would never be checked: every entry of
+    # benchmarks/targets.toml must name a case the runners build and a baseline that case has.
+    targets, cases, run_infer = _load_bench("targets"), _load_bench("cases"), _load_bench("run_infer")
+    data = targets.load()
+    built = {(c.op, c.variant): c for c in cases.build_cases("cpu", "cpu", purpose="runner", compiled=False)}
+    n = 0
+    for dev in ("cpu", "gpu"):
+        for op, variants in data["ops"][dev].items():
+            for variant, entry in variants.items():
+                case = built.get((op, variant))
+                assert case is not None, (dev, op, variant)
+                names = {b.name for b in case.baselines}
+                for name, value in entry.items():
+                    assert name == "floor" or name in names, (dev, op, variant, name)
+                    assert value > 0
+                n += 1
+                ratios, floor = targets.op_targets("cuda" if dev == "gpu" else "cpu", op, variant)
+                assert ratios == {k: v for k, v in entry.items() if k != "floor"} and floor == entry.get("floor")
+    assert n >= 10
+    keys = {c.key for c in run_infer.CONFIGS}
+    for sizes, problems in data["infer"].items():
+        for name, entry in problems.items():
+            assert name in run_infer.PROBLEMS[sizes] and set(entry) <= keys, (sizes, name)
+    assert targets.nominal_bandwidth_gbps("NVIDIA H200") == 4300.0 and targets.nominal_bandwidth_gbps("x") is None
