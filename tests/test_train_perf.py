@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from pix2pixhd_fast.models.networks import define_D, define_G
+from pix2pixhd_fast.models.networks import define_G
 from pix2pixhd_fast.models.pix2pixhd import Pix2PixHDModel
 from pix2pixhd_fast.options import parse_train
 from pix2pixhd_fast.train import Trainer
@@ -249,3 +249,139 @@ def test_cuda_graph_step_matches_eager(data, tmp_path, amp):
                 torch.testing.assert_close(sb[n], sa[n], **tol, msg=lambda m, k=k, n=n: f"{k}.{n}: {m}")
     finally:
         torch.backends.cudnn.deterministic = False
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# benchmarks/run_train.py at tiny sizes (no timing assertions: benchmarks are not tests)
+
+
+def _load_run_train():
+    import importlib.util
+    import os
+    import sys
+
+    name = "p2phd_run_train"
+    if name in sys.modules:
+        return sys.modules[name]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location(name, os.path.join(root, "benchmarks", "run_train.py"))
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_run_train_tiny_cpu_records_real_samples_bytes_and_failures(tmp_path, capsys, monkeypatch):
+    import json
+    import statistics
+
+    run_train = _load_run_train()
+    sys_timing = __import__("sys").modules["timing"]
+    js, md = tmp_path / "train.json", tmp_path / "train.md"
+    real_compile = torch.compile
+
+    def failing_compile(*a, **k):  # (e) must show its compile error as a row instead of vanishing
+        raise RuntimeError("no compiler on this test machine")
+
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    argv = ["--device", "cpu", "--sizes", "tiny", "--only", "global", "--configs", "n,a,b,c,e,c-sac,c-ops"]
+    argv += ["--min-rounds", "3", "--max-rounds", "3", "--warmup", "1", "--threads", "1", "--profile"]
+    argv += ["--profile-steps", "1", "--net-min-rounds", "2", "--net-max-rounds", "2", "--net-warmup", "0"]
+    run_train.main([*argv, "--json", str(js), "--markdown", str(md)])
+    monkeypatch.setattr(torch, "compile", real_compile)
+    res = json.loads(js.read_text())
+    assert res["complete"] and not res["skipped"]
+    (p,) = res["train"]
+    rows = {r["key"]: r for r in p["rows"]}
+    assert set(rows) == {"n", "a", "b", "c", "c-sac", "c-ops"}
+    assert [e["config"] for e in p["errors"]] == ["e"] and "no compiler" in p["errors"][0]["error"]
+    assert (rows["n"]["loop"], rows["n"]["adam"], rows["a"]["loop"]) == ("nvidia", "default", "model")
+    assert (rows["c"]["ops"], rows["c"]["sac"], rows["c-sac"]["sac"], rows["c-ops"]["ops"]) == (
+        "fast",
+        True,
+        False,
+        "reference",
+    )
+    for r in rows.values():
+        ts = r["times_s"]
+        # Real samples: one per round per configuration, each its own measurement, summarised as recorded.
+        assert len(ts) == r["steps"] == 3 and len(set(ts)) == 3 and min(ts) > 0
+        assert r["median_s"] == statistics.median(ts) and r["min_s"] == min(ts) and r["max_s"] == max(ts)
+        assert r["peak_bytes"] is None  # not measured on the CPU
+        assert 0 < r["floor_fraction"] and r["saved_bytes"] > 0
+    # Ratios are the timer's paired ratios of these very samples.
+    for key, base in (("c", "a"), ("c", "b"), ("c", "n"), ("a", "n")):
+        want = sys_timing.ratio_ci(rows[base]["times_s"], rows[key]["times_s"])
+        assert (rows[key][f"vs_{base}"], rows[key][f"vs_{base}_lo"], rows[key][f"vs_{base}_hi"]) == want
+    want = sys_timing.ratio_ci(rows["c-sac"]["times_s"], rows["c"]["times_s"])
+    assert rows["c-sac"]["c_vs_this"] == want[0]
+    # Bytes kept for backward: bf16 halves (b) against (a), SAC cuts (c) below (c) without it.
+    assert rows["b"]["saved_bytes"] < rows["a"]["saved_bytes"]
+    assert rows["c"]["saved_bytes"] < rows["c-sac"]["saved_bytes"]
+    assert rows["c"]["saved_bytes_vs_a"] == rows["c"]["saved_bytes"] / rows["a"]["saved_bytes"]
+    f = p["conv_flops"]
+    # G's first conv reads the label map (no input gradient) and D's frozen pass computes no weight gradient.
+    assert 0 < f["input_grad"] < f["forward"] and 0 < f["weight_grad"] < f["forward"]
+    assert f["total"] == f["forward"] + f["input_grad"] + f["weight_grad"]
+    assert p["floor_s"] == f["total"] / res["matmul"]["flops_per_s"]
+    text = md.read_text()
+    assert "## Training step: global-64x128" in text and "FAILED: RuntimeError: no compiler" in text
+    assert "(b) bf16 autocast + channels-last, reference ops †" in text and "wrong gradients" in text
+    assert "## Profile" in text and res["nets"]["rows"] and res["profile"]["top_ops"]
+    assert "Training step" in capsys.readouterr().out
+
+
+def test_run_train_conv_flops_match_hand_count():
+    run_train = _load_run_train()
+    problem = run_train.Problem("global", 16, 32, ("--ngf", "4", "--ndf", "4", "--n_blocks_global", "1"))
+    args = run_train.parse_args(["--extra", "--n_downsample_global 1 --num_D 1 --n_layers_D 1 --no_instance"])
+    b = run_train.make_batch(problem, "cpu", 0)
+    f = run_train.count_conv_flops(problem, args, "cpu", b)
+    # G: conv7 35->4 at 16x32, conv3 s2 4->8 at 8x16, the ResnetBlock's two conv3 8->8 at 8x16, convT3 8->4
+    # (input 8x16), conv7 4->3 at 16x32.
+    g = [35 * 4 * 49 * 16 * 32, 4 * 8 * 9 * 8 * 16, 8 * 8 * 9 * 8 * 16, 8 * 8 * 9 * 8 * 16, 8 * 4 * 9 * 8 * 16]
+    g.append(4 * 3 * 49 * 16 * 32)
+    # D (input 35 + 3 channels, n_layers 1): conv4 s2 38->4 (9x17), conv4 s1 4->8 (10x18), conv4 s1 8->1 (11x19);
+    # batched real+fake pass (batch 2, weight grads, no input grad at the first layer), then G's pass (batch 1,
+    # frozen: input grads only).
+    d = [38 * 4 * 16 * 9 * 17, 4 * 8 * 16 * 10 * 18, 8 * 1 * 16 * 11 * 19]
+    fwd = 2 * (sum(g) + 3 * sum(d))
+    assert f["forward"] == fwd
+    assert f["weight_grad"] == 2 * (sum(g) + 2 * sum(d))
+    assert f["input_grad"] == 2 * (sum(g[1:]) + 2 * sum(d[1:]) + sum(d))
+    assert f["calls"] == 6 + 2 * 3
+
+
+def test_run_train_profile_groups():
+    classify = _load_run_train().classify
+    expected = {
+        "aten::mkldnn_convolution": "convolution",
+        "aten::convolution_backward": "convolution",
+        "autograd::engine::evaluate_function: ConvolutionBackward0": "convolution",
+        "aten::conv_transpose2d": "convolution",
+        "pix2pixhd_fast::instance_norm_act": "norm",
+        "pix2pixhd_fast::instance_norm_act_backward": "norm",
+        "aten::instance_norm": "norm",
+        "aten::avg_pool2d_backward": "pooling",
+        "pix2pixhd_fast::instance_avg_pool": "pooling",
+        "pix2pixhd_fast::encode_input": "encode/boundary",
+        "aten::reflection_pad2d": "padding",
+        "aten::mse_loss": "loss",
+        "loss::feature_matching": "loss",
+        "aten::_fused_adam_": "optimizer",
+        "aten::add_": None,
+        "train_step": None,
+    }
+    assert {name: classify(name) for name in expected} == expected
+
+
+def test_run_train_bad_arguments():
+    run_train = _load_run_train()
+    for argv in (["--configs", "a,z"], ["--configs", "c-graph"], ["--min-rounds", "0"], ["--sizes", "huge"]):
+        with pytest.raises(SystemExit) as e:
+            run_train.parse_args(argv)
+        assert e.value.code == 2, argv
+    args = run_train.parse_args(["--configs", "a,c,ablation"])
+    assert args.config_keys == ["a", "c", "c-sac", "c-ops"] and args.sizes == "cpu"
+    gpu = run_train.parse_args(["--device", "cuda", "--configs", "ablation"])
+    assert gpu.config_keys == ["c-sac", "c-graph", "c-cudnn", "c-ops"] and gpu.sizes == "gpu"

@@ -121,7 +121,8 @@ class GraphedTrainStep:
         t.optimizer_G.zero_grad(set_to_none=True)
         t.optimizer_D.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: the data loader's pin-memory thread keeps making CUDA calls while the step is captured.
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             out = t.eager_step(static, autocast_cache=False)
         self.graph, self._static_in, self._static_out = graph, static, out
         self.captures += 1

@@ -57,24 +57,28 @@ _INPLACE_ATTR = "_p2phd_sac_was_inplace"  # an activation made out-of-place for 
 # the meter then sees them as any saved tensor; older versions report them through the policy instead.
 _RESPECTS_HOOKS = "respect_saved_tensors_hooks" in inspect.signature(checkpoint).parameters
 
+_MISSING = object()
+
 # Active meters (innermost last): the policy hands them SAC's kept outputs where checkpoint() cannot.
 _METERS: list[SavedTensorsMeter] = []
 
 
 def sac_policy(ctx, func, *args, **kwargs) -> CheckpointPolicy:
-    """The selective checkpointing policy: keep convolution and matmul outputs, and the low-precision copies
-    of parameters made by autocast (the convolution keeps those for its weight gradient anyway, so saving them
-    costs no memory and spares a recast); recompute every other op."""
-    if func in SAVED_OPS:
-        policy = CheckpointPolicy.MUST_SAVE
-    elif func is _aten._to_copy.default and args and isinstance(args[0], nn.Parameter):
-        policy = CheckpointPolicy.MUST_SAVE
-    else:
+    """The selective checkpointing policy: keep convolution and matmul outputs, recompute every other op.
+
+    That includes autocast's low-precision copies of the weights: kept, they would hold a second copy of every
+    weight from the forward to the backward pass (a third of what the step keeps for a CPU-sized global G); recast
+    in the backward they cost one read of the weights, a small fraction of the convolutions that use them."""
+    if func not in SAVED_OPS:
         return CheckpointPolicy.PREFER_RECOMPUTE
+    policy = CheckpointPolicy.MUST_SAVE
     if _METERS and not _RESPECTS_HOOKS:
-        out = getattr(ctx, "op_output", None)
+        out = getattr(ctx, "op_output", _MISSING)
         for meter in _METERS:
-            meter.add_output(out)
+            if out is _MISSING:  # a torch that shows the policy no outputs: the meter cannot see these tensors
+                meter.complete = False
+            else:
+                meter.add_output(out)
     return policy
 
 
@@ -211,7 +215,8 @@ class SavedTensorsMeter:
     It holds the storages it saw until it exits, so that no address is reused and counted twice: use it around
     one step that is not timed.
 
-    Attributes after exit: ``bytes`` (int), ``tensors`` (number of distinct storages).
+    Attributes after exit: ``bytes`` (int), ``tensors`` (number of distinct storages), ``complete`` (False when
+    this torch version hid some of the tensors SAC keeps from the meter: ``bytes`` is then a lower bound).
     """
 
     def __init__(self, exclude: Iterable[torch.Tensor] = ()):
@@ -219,6 +224,7 @@ class SavedTensorsMeter:
         self._seen: dict[tuple, torch.UntypedStorage] = {}
         self.bytes = 0
         self.tensors = 0
+        self.complete = True
         self._hooks = None
 
     @staticmethod
