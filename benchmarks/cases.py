@@ -347,7 +347,7 @@ def norm_pad_cases(device: str, sizes: str, dtypes, formats, passes, compiled: b
                         make_set=make,
                         fast=fast,
                         baselines=baselines,
-                        kernel=None,
+                        kernel=_pad_kernel(p) if _lib() and _has_op("instance_norm_act_pad") else None,
                         bytes_moved=nbytes,
                         bytes_note=note,
                         set_bytes=(3 * _numel(shape) + _numel(padded)) * elt,
@@ -358,6 +358,38 @@ def norm_pad_cases(device: str, sizes: str, dtypes, formats, passes, compiled: b
                     )
                 )
     return out
+
+
+def _has_op(name: str) -> bool:
+    try:
+        getattr(torch.ops.pix2pixhd_fast, name)
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+def _pad_kernel(p: str) -> Impl:
+    """The raw fused norm+pad op(s) of a pad case, CUDA-graph capturable."""
+    op = torch.ops.pix2pixhd_fast
+
+    def fwd(s):
+        return op.instance_norm_act_pad(s["x"], None, None, s["res"], EPS, 0.0, PAD)
+
+    if p == "fwd":
+        return Impl("kernel", lambda s: s, fwd)
+
+    def prepare(s):
+        _y, mean, rstd = fwd(s)
+        return {**s, "mean": mean, "rstd": rstd}
+
+    def bwd(st):
+        return op.instance_norm_act_pad_backward(
+            st["gy"], st["x"], st["mean"], st["rstd"], None, None, 0.0, PAD, [True, False, False, True]
+        )
+
+    if p == "bwd":
+        return Impl("kernel", prepare, bwd)
+    return Impl("kernel", lambda s: s, lambda s: bwd(prepare(s)))
 
 
 def _norm_kernel(p: str) -> Impl:
