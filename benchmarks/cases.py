@@ -384,7 +384,7 @@ def _pad_kernel(p: str) -> Impl:
 
     def bwd(st):
         return op.instance_norm_act_pad_backward(
-            st["gy"], st["x"], st["mean"], st["rstd"], None, None, 0.0, PAD, [True, False, False, True]
+            st["gy"], st["x"], st["mean"], st["rstd"], None, None, 0.0, PAD, [True, False, False, False]
         )
 
     if p == "bwd":
