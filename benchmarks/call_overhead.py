@@ -82,7 +82,7 @@ def main() -> None:
                 device=dev,
                 min_rounds=args.reps,
                 max_rounds=max(args.reps, 400),
-                max_seconds=10.0,
+                max_seconds=4.0,
                 warmup=5,
             )
             med = {k: statistics.median(v) * 1e6 for k, v in t.items()}
