@@ -107,7 +107,7 @@ def test_sac_keeps_state_dict_keys_and_can_be_undone():
 
 
 @pytest.mark.parametrize("ops", ["fast", "reference"])
-def test_sac_halves_the_generator_bytes_saved_for_backward(seed, ops):
+def test_sac_keeps_only_conv_outputs_and_region_inputs(seed, ops):
     torch.set_num_threads(1)
     # Few input channels, as in a real G whose layers dwarf its input (a region keeps its input: at this tiny
     # width, 36 input channels would weigh as much as all the feature maps).
@@ -116,27 +116,41 @@ def test_sac_halves_the_generator_bytes_saved_for_backward(seed, ops):
 
     def saved(net) -> int:
         with SavedTensorsMeter(exclude=net.parameters()) as meter:
-            net(x).float().square().mean().backward()
+            y = net(x)
+            y.backward(torch.randn_like(y))  # a backward that keeps nothing itself
         return meter.bytes
 
     plain = saved(g)
-    enable_selective_checkpointing(g)
-    with_sac = saved(g)
-    # Plain autograd keeps about two feature maps per conv layer (its input and the norm's input), SAC keeps
-    # the conv output and each region's input: at most ~0.55 of the plain bytes, whatever the op set.
-    assert with_sac <= 0.55 * plain, (with_sac, plain)
-    # The kept conv outputs are counted: the bytes are at least those of every conv output of G.
-    conv_out = []
+    # What SAC may keep: every conv output, the input, each ResnetBlock's input and the last block's output (the
+    # input of the region after the blocks).
+    kept = {"conv": 0, "regions": x.nbytes}
+    blocks = [m for m in g.modules() if _is_block(m)]
     hooks = [
-        m.register_forward_hook(lambda _m, _i, o: conv_out.append(o.nbytes))
+        m.register_forward_hook(lambda _m, _i, o: kept.__setitem__("conv", kept["conv"] + o.nbytes))
         for m in g.modules()
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))
     ]
+    hooks += [
+        b.register_forward_pre_hook(lambda _m, i: kept.__setitem__("regions", kept["regions"] + i[0].nbytes))
+        for b in blocks
+    ]
+    hooks.append(
+        blocks[-1].register_forward_hook(lambda _m, _i, o: kept.__setitem__("regions", kept["regions"] + o.nbytes))
+    )
     with torch.no_grad():
         g(x)
     for h in hooks:
         h.remove()
-    assert with_sac >= sum(conv_out[:-1])  # all but the output conv (tanh keeps its output, not the conv's)
+    enable_selective_checkpointing(g)
+    with_sac = saved(g)
+    assert kept["conv"] <= with_sac <= kept["conv"] + kept["regions"], (with_sac, kept)
+    # Plain autograd keeps about two feature maps per conv layer (its input and the norm's input): SAC saves at
+    # least a third here (about half on real sizes, where the full-resolution layers dominate).
+    assert with_sac <= 0.67 * plain, (with_sac, plain)
+
+
+def _is_block(m: nn.Module) -> bool:
+    return isinstance(getattr(m, "conv_block", None), nn.Sequential)
 
 
 def test_saved_tensors_meter_counts_distinct_storages():
