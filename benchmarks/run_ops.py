@@ -39,6 +39,7 @@ from tables import floor_table, fmt_ratio, fmt_t, md_table, ratio_table, text_ta
 from timing import measure_interleaved, median_ci, ratio_ci  # noqa: E402
 
 import pix2pixhd_fast  # noqa: E402
+from pix2pixhd_fast.utils.files import atomic_write  # noqa: E402
 
 ROTATE_BYTES = 256 << 20  # rotate through enough input sets to exceed this (several times a GPU's L2)
 MAX_SETS = 8
@@ -361,6 +362,8 @@ def render_text(res: dict) -> str:
         parts += ["", "Baselines that failed here (left out):"] + left
     if res["errors"]:
         parts += ["", "FAILED cases:"] + [f"  {e['id']}: {e['error']}" for e in res["errors"]]
+    if res.get("skipped"):
+        parts += ["", "Skipped (time budget spent): " + ", ".join(res["skipped"])]
     return "\n".join(parts)
 
 
@@ -386,6 +389,8 @@ def render_markdown(res: dict) -> str:
     left = [f"- {r['id']} {n}: {e}" for r in res["rows"] for n, e in r.get("baseline_errors", {}).items()]
     if left:
         parts += ["## Baselines that failed here (left out)", "", *left, ""]
+    if res.get("skipped"):
+        parts += ["Skipped (time budget spent): " + ", ".join(res["skipped"]), ""]
     if res["errors"]:
         parts += ["## FAILED cases", ""] + [f"- {e['id']}: {e['error']}" for e in res["errors"]] + [""]
     return "\n".join(parts)
@@ -408,6 +413,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--no-compile", action="store_true", help="leave out the torch.compile baselines (their compilation is slow)"
     )
     ap.add_argument("--slow-reps", type=int, default=2, help="reps of the reference loop (after 1 warm-up)")
+    ap.add_argument("--budget-s", type=float, default=None, help="start no new case after this many seconds")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument(
@@ -416,6 +422,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="without the compiled library, CUDA-graph the fast call instead (checks the runner itself)",
     )
     return ap.parse_args(argv)
+
+
+def _write_json(res: dict, path: str | None) -> None:
+    if path:
+        with atomic_write(path, "w") as f:
+            json.dump(res, f, indent=1, default=str)
 
 
 def main(argv=None) -> dict:
@@ -437,6 +449,7 @@ def main(argv=None) -> dict:
             "target_rel_halfwidth": 0.05,
             "slow_reps": args.slow_reps,
             "compile_baselines": not args.no_compile,
+            "budget_s": args.budget_s,
             "seed": args.seed,
         },
         "machine": machine_info(device),
@@ -449,9 +462,14 @@ def main(argv=None) -> dict:
     if args.only:
         keys = [k.strip() for k in args.only.split(",") if k.strip()]
         cases = [c for c in cases if any(k in c.id for k in keys)]
-    rows, errors = [], []
+    rows, errors, skipped = [], [], []
+    res.update(rows=rows, errors=errors, skipped=skipped, complete=False)
     t_all = time.perf_counter()
     for case in cases:
+        if args.budget_s is not None and time.perf_counter() - t_all > args.budget_s:
+            skipped.append(case.id)
+            print(f"  {case.id:<42} SKIPPED (--budget-s {args.budget_s:g} s spent)", flush=True)
+            continue
         t0 = time.perf_counter()
         try:
             row = run_case(case, device, sizes, args.slow_reps, args.seed, args.graph_fast, not args.no_compile, max_s)
@@ -465,21 +483,18 @@ def main(argv=None) -> dict:
             continue
         add_floor(row, res["peak"]["gbps"], targets.nominal_bandwidth_gbps(res["machine"].get("gpu")))
         rows.append(row)
+        _write_json(res, args.json)  # after every case: a run cut short keeps what it measured
         ratios = ", ".join(f"{b['name']} {fmt_ratio(b['ratio'])}" for b in row["baselines"])
         print(
             f"  {case.id:<42} fast {fmt_t(row['fast_s']):>10}  {ratios}  ({time.perf_counter() - t0:.1f} s)", flush=True
         )
-    res["rows"] = rows
-    res["errors"] = errors
     res["machine"]["loadavg_end"] = _loadavg()
     res["total_s"] = time.perf_counter() - t_all
+    res["complete"] = True
 
     print()
     print(render_text(res))
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=1, default=str)
+    _write_json(res, args.json)
     if args.markdown:
         os.makedirs(os.path.dirname(os.path.abspath(args.markdown)), exist_ok=True)
         with open(args.markdown, "w") as f:

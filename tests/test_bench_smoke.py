@@ -671,3 +671,14 @@ def test_targets_file_names_real_rows():
         for name, entry in problems.items():
             assert name in run_infer.PROBLEMS[sizes] and set(entry) <= keys, (sizes, name)
     assert targets.nominal_bandwidth_gbps("NVIDIA H200") == 4300.0 and targets.nominal_bandwidth_gbps("x") is None
+
+
+def test_run_ops_budget_skips_and_writes(tmp_path):
+    # --budget-s: no new case once the budget is spent; the file says which were skipped and that the run ended.
+    run_ops = _load_run_ops()
+    js = tmp_path / "ops.json"
+    argv = ["--device", "cpu", "--sizes", "tiny", "--no-compile", "--only", "instance_boundary,encode_input[bf16"]
+    res = run_ops.main([*argv, "--budget-s", "0", "--json", str(js)])
+    assert res["rows"] == [] and res["complete"]
+    assert res["skipped"] == ["instance_boundary[int32-ids-fp32-out]", "encode_input[bf16-CL]"]
+    assert json.loads(js.read_text())["skipped"] == res["skipped"]
