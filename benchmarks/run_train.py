@@ -440,6 +440,24 @@ def prepare(runner: StepRunner, args: argparse.Namespace, batches: list[dict]) -
     runner.build_s = time.perf_counter() - t0
 
 
+def weight_cast_cost(runner: StepRunner, device: str, step_s: float) -> dict[str, float]:
+    """What autocast's per-step weight casts cost: the time of one bf16 copy of every weight, against the step.
+
+    A step makes about ``casts_per_step`` such copies: G's weights in the forward pass and again in the SAC
+    recomputation, D's in its two calls (the second, with D frozen, misses autocast's cache). Keeping bf16
+    copies updated by the optimizer would save that time, if it is a noticeable share of the step."""
+    params = [p for p in runner.params if p.is_floating_point()]
+
+    def casts() -> None:
+        for p in params:
+            p.to(torch.bfloat16)
+
+    ts = measure_interleaved({"casts": casts}, device=device, min_rounds=5, max_rounds=20, max_seconds=5, warmup=1)
+    t = statistics.median(ts["casts"])
+    per_step = 2.0
+    return {"one_cast_s": t, "casts_per_step": per_step, "share_of_step": per_step * t / step_s}
+
+
 # ----------------------------------------------------------------------------------------------------
 # Compute floor
 
@@ -635,8 +653,11 @@ def bench_problem(
         "timed_s": timed_s,
         "rounds": len(next(iter(samples.values()))) // (2 if device == "cuda" else 1) if samples else 0,
     }
+    c_runner = next((r for r in runners if r.config.key == "c"), None)
+    if c_runner is not None and c_runner.config.amp:
+        out["weight_casts"] = weight_cast_cost(c_runner, device, by["c"]["median_s"])
     compiled = any(r.config.compile for r in runners)
-    del runners
+    del runners, c_runner
     if compiled:  # dynamo's caches hold the compiled modules (and their parameters) until reset
         torch._dynamo.reset()
     return out
@@ -988,6 +1009,12 @@ def problem_notes(p: dict) -> list[str]:
         f"{f['calls']} convolution calls) / measured bf16 matmul throughput = {fmt_t(p['floor_s'])}.",
         f"Timed: {p['rounds']} interleaved rounds in {p['timed_s']:.0f} s.",
     ]
+    wc = p.get("weight_casts")
+    if wc:
+        lines.append(
+            f"autocast's weight casts: one bf16 copy of every weight takes {fmt_t(wc['one_cast_s'])}; at about "
+            f"{wc['casts_per_step']:g} per step that is {100 * wc['share_of_step']:.1f}% of (c)'s step."
+        )
     sc = p.get("sac_time_cost")
     if sc:
         lines.append(

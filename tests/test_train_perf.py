@@ -338,6 +338,10 @@ def test_run_train_tiny_cpu_records_real_samples_bytes_and_failures(tmp_path, ca
     assert 0 < f["input_grad"] < f["forward"] and 0 < f["weight_grad"] < f["forward"]
     assert f["total"] == f["forward"] + f["input_grad"] + f["weight_grad"]
     assert p["floor_s"] == f["total"] / res["matmul"]["flops_per_s"]
+    wc = p["weight_casts"]
+    assert (
+        wc["one_cast_s"] > 0 and wc["share_of_step"] == wc["casts_per_step"] * wc["one_cast_s"] / rows["c"]["median_s"]
+    )
     text = md.read_text()
     assert "## Training step: global-64x128" in text and "FAILED: RuntimeError: no compiler" in text
     assert "(b) bf16 autocast + channels-last, reference ops †" in text and "wrong gradients" in text
