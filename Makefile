@@ -6,7 +6,7 @@
 #   make demo-seeds  the demo for seeds 0, 1, 2 and the instance-feature PSNR gain's spread (~35 min on 2 cores)
 #   make bench     every benchmark here (pytest-benchmark, operators, training step, scaling; 5-11 min on 2 cores),
 #                  results in benchmarks/results/cpu-<n>core*.json, then benchmarks/REPORT.md + plots + README section
-#   make bench-train  end-to-end training-step benchmark, G/D fwd/bwd rows, profile (CPU, ~2 min on 2 cores)
+#   make bench-train  training step (n), (a)-(e) + ablation, G/D fwd/bwd rows, profile (CPU, <= 8 min on 2 cores)
 #   make bench-infer  generator inference latency per backend (CPU, ~1 min)
 #   make bench-report regenerate REPORT.md, plots and README's performance section from the results files only
 #
