@@ -18,7 +18,12 @@ from pix2pixhd_fast.models.networks import define_G
 from pix2pixhd_fast.models.pix2pixhd import Pix2PixHDModel
 from pix2pixhd_fast.options import parse_train
 from pix2pixhd_fast.train import Trainer
-from pix2pixhd_fast.train.graphs import GraphedTrainStep, check_cuda_graph_options, set_learning_rate
+from pix2pixhd_fast.train.graphs import (
+    GraphedTrainStep,
+    check_cuda_graph_options,
+    match_capturable,
+    set_learning_rate,
+)
 from pix2pixhd_fast.train.memory import (
     SavedTensorsMeter,
     disable_selective_checkpointing,
@@ -227,6 +232,22 @@ def test_set_learning_rate_float_and_loaded_tensor_rates():
     assert isinstance(o.param_groups[0]["lr"], float) and o.param_groups[0]["lr"] == 2e-4
     with pytest.raises(ValueError, match="capturable"):
         GraphedTrainStep(argparse.Namespace(optimizer_G=o, optimizer_D=o))
+
+
+def test_resumed_optimizer_follows_this_runs_cuda_graph_option():
+    p = nn.Parameter(torch.zeros(3))
+    o = torch.optim.Adam([p], lr=1e-3, fused=True)
+    saved = copy.deepcopy(o.state_dict())
+    # As saved by a --cuda_graph run: capturable groups with a tensor rate.
+    saved["param_groups"][0].update(capturable=True, lr=torch.tensor(3e-4))
+    o.load_state_dict(saved)
+    assert o.param_groups[0]["capturable"] is True
+    match_capturable(o, False)
+    assert o.param_groups[0]["capturable"] is False and o.param_groups[0]["lr"] == pytest.approx(3e-4)
+    assert isinstance(o.param_groups[0]["lr"], float)
+    p.grad = torch.ones(3)
+    o.step()  # a plain fused step works on the CPU again
+    assert torch.all(p < 0)
 
 
 @pytest.mark.cuda

@@ -30,7 +30,7 @@ import torch
 if TYPE_CHECKING:
     from .trainer import Trainer
 
-__all__ = ["GraphedTrainStep", "check_cuda_graph_options", "set_learning_rate"]
+__all__ = ["GraphedTrainStep", "check_cuda_graph_options", "match_capturable", "set_learning_rate"]
 
 
 def check_cuda_graph_options(opt: argparse.Namespace, device: torch.device, amp_dtype, distributed: bool) -> None:
@@ -63,6 +63,20 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
                 cur.fill_(lr)
             else:
                 g["lr"] = torch.tensor(lr, device=dev)
+        else:
+            g["lr"] = lr
+
+
+def match_capturable(optimizer: torch.optim.Optimizer, capturable: bool) -> None:
+    """Make every group capturable or not, as this run needs, keeping its rate (a device tensor when capturable,
+    else a float). ``load_state_dict`` restores the saving run's flag and rate: a state saved with
+    ``--cuda_graph`` resumes without it, and the other way round."""
+    for g in optimizer.param_groups:
+        lr = g["lr"]
+        lr = float(lr.item()) if isinstance(lr, torch.Tensor) else float(lr)
+        g["capturable"] = capturable
+        if capturable and g["params"]:
+            g["lr"] = torch.tensor(lr, device=g["params"][0].device)
         else:
             g["lr"] = lr
 

@@ -42,7 +42,7 @@ from ..models.pix2pixhd import Pix2PixHDModel
 from ..options import save_options
 from ..utils.files import atomic_write
 from .distributed import DistInfo, cleanup_distributed, init_distributed
-from .graphs import GraphedTrainStep, check_cuda_graph_options, set_learning_rate
+from .graphs import GraphedTrainStep, check_cuda_graph_options, match_capturable, set_learning_rate
 from .memory import enable_selective_checkpointing
 from .schedule import fixes_global, learning_rate, total_epochs, trainable_generator_params
 from .visualizer import Visualizer
@@ -401,6 +401,8 @@ class Trainer:
             self._build_optimizers(learning_rate(p.epoch, self.opt))
         self.optimizer_G.load_state_dict(state["optimizer_G"])
         self.optimizer_D.load_state_dict(state["optimizer_D"])
+        for o in (self.optimizer_G, self.optimizer_D):
+            match_capturable(o, self.opt.cuda_graph)
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.model.fake_pool.images = [t.to(self.device) for t in state.get("fake_pool", [])]
