@@ -985,6 +985,7 @@ def readme_summary(runs: list[Run]) -> list[str]:
                     else "vs the fastest baseline in its file (no F.group_norm or torch.compile rows)"
                 )
                 lines.append(f"- **{run.name}** operators, {what}: " + "; ".join(heads) + ".")
+        problems = []
         for p in run.data.get("infer", {}).get("problems", []):
             rows = {r["key"]: r for r in p["rows"] if r.get("status") == "ok"}
             parts = []
@@ -1000,7 +1001,9 @@ def readme_summary(runs: list[Run]) -> list[str]:
                         )
                     parts.append(f"{what} {r['vs_a']:.2f}x{ci} vs fp32 eager{extra}")
             if parts:
-                lines.append(f"- **{run.name}** inference {p['problem']}: " + "; ".join(parts) + ".")
+                problems.append(f"{p['problem']}: " + "; ".join(parts))
+        if problems:  # one line for all of a run's problems
+            lines.append(f"- **{run.name}** inference (batch 1) " + " — ".join(problems) + ".")
         scaling = run.data.get("scaling", {})
         rows = sorted(scaling.get("instances", []), key=lambda r: r["info"]["instances"])
         if len(rows) > 1:

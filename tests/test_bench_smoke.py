@@ -444,11 +444,10 @@ def test_run_infer_tiny_cpu(tmp_path, capsys):
     assert "## Inference latency" in text and "### tinybox" in text and "### gpu" in text
     assert "skipped: no / tensorrt" in text and "target >= 3x: met" in text
     block = readme.read_text()
-    assert "- **gpu** inference local-1024x2048: ours compiled 3.75x vs fp32 eager." in block
+    assert "- **gpu** inference (batch 1) local-1024x2048: ours compiled 3.75x vs fp32 eager." in block
     b = rows["b"]
-    want = (
-        f"- **tinybox** inference global-64x128: ours eager {b['vs_a']:.2f}x [{b['vs_a_lo']:.3g}, {b['vs_a_hi']:.3g}]"
-    )
+    ci = f"[{b['vs_a_lo']:.3g}, {b['vs_a_hi']:.3g}]"
+    want = f"- **tinybox** inference (batch 1) global-64x128: ours eager {b['vs_a']:.2f}x {ci}"
     assert want in block and "over stock ops (r)" in block
 
 
