@@ -410,7 +410,7 @@ def prepare(runner: StepRunner, args: argparse.Namespace, batches: list[dict]) -
     t0 = time.perf_counter()
     k = 0
 
-    def one(measure_first: bool = False) -> None:
+    def one() -> None:
         nonlocal k
         b = batches[k % len(batches)]
         k += 1
