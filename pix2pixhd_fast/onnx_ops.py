@@ -80,9 +80,16 @@ def _channel_mean(op: Any, x: Any) -> Any:
 
 
 def _norm_act(op: Any, x: Any, weight: Any, bias: Any, eps: float, negative_slope: float) -> tuple[Any, Any, Any]:
-    channels = op.Shape(x, start=1, end=2)
-    scale = op.CastLike(weight, x) if weight is not None else op.Expand(op.CastLike(1.0, x), channels)
-    shift = op.CastLike(bias, x) if bias is not None else op.Expand(op.CastLike(0.0, x), channels)
+    c = _channels(x)
+
+    def param(t: Any, fill: float) -> Any:
+        if t is not None:
+            return op.CastLike(t, x)
+        if c is not None:  # a constant, so converters see a parameter (float16 conversion keeps it in fp32)
+            return op.CastLike(op.Constant(value_floats=[fill] * c), x)
+        return op.Expand(op.CastLike(fill, x), op.Shape(x, start=1, end=2))
+
+    scale, shift = param(weight, 1.0), param(bias, 0.0)
     y = op.InstanceNormalization(x, scale, shift, epsilon=float(eps))
     if negative_slope == 0.0:
         y = op.Relu(y)
@@ -99,6 +106,15 @@ def _rank(v: Any) -> int:
     if isinstance(v, torch._C.Value):
         return v.type().dim()
     return len(v.shape)
+
+
+def _channels(v: Any) -> int | None:
+    """The static channel count of a 4-D value, None when symbolic."""
+    if isinstance(v, torch._C.Value):
+        sizes = v.type().varyingSizes() if v.type().dim() == 4 else None
+        return sizes[1] if sizes and isinstance(sizes[1], int) else None
+    dim = v.shape[1] if v.shape is not None and len(v.shape) == 4 else None
+    return dim if isinstance(dim, int) else None
 
 
 def _is_double(v: Any) -> bool:
@@ -310,6 +326,8 @@ class _TorchScriptOps:
     def __getattr__(self, name: str) -> Callable[..., Any]:
         def build(*inputs: Any, outputs: int = 1, **attrs: Any) -> Any:
             if name == "Constant":
+                if "value_floats" in attrs:
+                    return self._const(attrs["value_floats"])
                 return self._const(attrs["value_ints"] if "value_ints" in attrs else attrs["value_int"])
             values = [self._const(i) if isinstance(i, (int, float)) else i for i in inputs]
             kw = {}

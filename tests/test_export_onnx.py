@@ -25,11 +25,9 @@ from pix2pixhd_fast.export import (  # noqa: E402
     ONNXVerificationError,
     check_onnx_graph_ops,
     export_onnx,
-    portable_ops,
 )
 from pix2pixhd_fast.export import onnx as onnx_export  # noqa: E402
 from pix2pixhd_fast.models import Pix2PixHDModel, define_G  # noqa: E402
-from pix2pixhd_fast.nn import InstanceNormAct  # noqa: E402
 from pix2pixhd_fast.options import parse_test  # noqa: E402
 
 LABEL_NC = 6
@@ -243,31 +241,6 @@ def test_static_export_and_direct_torch_onnx_export(tmp_path):
     got = OnnxRuntimeGenerator(direct)(label, inst)
     with torch.no_grad():
         assert (got - net(label, inst)).abs().max().item() <= ATOL
-
-
-def test_portable_ops_switches_and_restores(seed):
-    net = tiny_generator("local", LABEL_NC + 1)
-    graph = InferenceGraph(net, LABEL_NC, True)
-    norms = [m for m in net.modules() if isinstance(m, InstanceNormAct)]
-    assert norms
-    label, inst, _ = random_inputs(2, 16, 16, True, 0)
-    with torch.no_grad():
-        fast = graph(label, inst)
-        with portable_ops(graph):
-            assert all("forward" in m.__dict__ for m in norms) and graph._portable
-            with portable_ops(net):  # nesting leaves the outer switch in place
-                pass
-            assert all("forward" in m.__dict__ for m in norms)
-            portable = graph(label, inst)
-        assert not any("forward" in m.__dict__ for m in norms) and not graph._portable
-        with pytest.raises(RuntimeError, match="boom"), portable_ops(graph):
-            raise RuntimeError("boom")
-        assert not any("forward" in m.__dict__ for m in norms) and not graph._portable
-    assert (portable - fast).abs().max().item() <= 1e-5
-
-
-# ----------------------------------------------------------------------------------------------------
-# Bad inputs
 
 
 def test_export_bad_arguments(tmp_path, monkeypatch):

@@ -4,20 +4,17 @@
 - :func:`export_onnx`: writes it as ONNX (dynamic batch/height/width), checked by ``onnx.checker`` and
   onnxruntime; :func:`check_onnx_graph_ops` lists its operators and rejects custom domains.
 - :class:`OnnxRuntimeGenerator`: runs an exported file on numpy arrays or torch CPU tensors.
-- :func:`portable_ops`: run a module with standard PyTorch operators only (what the exporters see).
 - :func:`compile_generator`: the graph through ``torch.compile`` (inductor; CUDA graphs on the GPU).
 - :func:`build_engine` / :class:`TensorRTGenerator`: a TensorRT engine from the ONNX file (fp32/fp16/bf16 with
   instance norm in fp32) and its runtime on torch CUDA tensors; ``tensorrt`` is imported only when used.
 """
 
+from ..onnx_ops import onnx_translation_table
 from .compiled import COMPILE_MODES, CompiledGenerator, compile_generator
 from .graph import (
     InferenceGraph,
     generator_input_channels,
     generator_size_multiple,
-    portable_instance_boundary,
-    portable_one_hot,
-    portable_ops,
 )
 from .onnx import (
     DEFAULT_OPSET,
@@ -68,8 +65,6 @@ __all__ = [
     "generator_input_channels",
     "generator_size_multiple",
     "max_opset",
-    "portable_instance_boundary",
-    "portable_one_hot",
-    "portable_ops",
+    "onnx_translation_table",
     "verify_onnx",
 ]

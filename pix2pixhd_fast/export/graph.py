@@ -4,143 +4,24 @@
 module, so a deployed graph (ONNX, TensorRT, a compiled module) takes the maps a data pipeline produces and needs
 no Python around it.
 
-Two formulations of the same math:
-
-- **fast** (eager default): the fused ``encode_input`` kernel and the network's fused ``InstanceNormAct`` modules.
-- **portable** (inside :func:`portable_ops`, and automatically while ``torch.onnx.export`` traces the graph): only
-  standard PyTorch operators that every exporter maps to standard ONNX operators: the one-hot is ``Equal`` against
-  the class ids, the boundary is ``Equal``/``Not`` on neighbours shifted by ``Slice`` + ``Pad`` (ids compared in
-  their integer dtype, so large ids stay exact), and each fused norm is ``InstanceNormalization`` followed by
-  ``Relu``/``LeakyRelu`` (nothing for slope 1.0).
-
-Both give the same output (fp32: bit-for-bit for the encoding, to rounding for the network).
+The graph runs our fused operators everywhere (eager, torch.compile, torch.export); the ONNX exporters translate
+them to standard ONNX operators (:mod:`pix2pixhd_fast.onnx_ops`), so no second formulation is needed.
 """
 
 from __future__ import annotations
 
-import contextlib
-import types
-from collections.abc import Iterator
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
 from ..models.networks import GlobalGenerator, LocalEnhancer
-from ..nn.modules import InstanceNormAct
 
 __all__ = [
     "InferenceGraph",
-    "portable_ops",
-    "portable_one_hot",
-    "portable_instance_boundary",
     "generator_input_channels",
     "generator_size_multiple",
     "model_encoding",
 ]
-
-
-# ----------------------------------------------------------------------------------------------------
-# Standard-operator formulations
-
-
-def portable_one_hot(label: torch.Tensor, label_nc: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """One-hot of ``label`` by comparison with the class ids (exports as ``Equal`` + ``Cast``, no scatter).
-
-    Args:
-        label: ``Tensor[N, 1, H, W]`` integer class ids (compared in label's dtype).
-        label_nc: number of classes.
-        dtype: output float dtype.
-
-    Returns:
-        ``Tensor[N, label_nc, H, W]`` of ``dtype``; a pixel whose id lies outside ``[0, label_nc)`` gets all zeros.
-    """
-    classes = torch.arange(label_nc, dtype=label.dtype, device=label.device).view(1, label_nc, 1, 1)
-    return (label == classes).to(dtype)
-
-
-def portable_instance_boundary(inst: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The instance boundary map (reference ``get_edges``) from slices, comparisons and zero padding.
-
-    Args:
-        inst: ``Tensor[N, 1, H, W]`` instance ids; compared in their own dtype (int64 ids stay exact: never
-            through fp16/fp32, where e.g. 2**24 and 2**24 + 1 collapse).
-        dtype: output float dtype.
-
-    Returns:
-        ``Tensor[N, 1, H, W]`` of ``dtype``: 1 where a pixel's id differs from an existing 4-neighbour.
-    """
-    # A difference between neighbours marks both pixels: pad the [.., W-1] difference map on either side and
-    # take the maximum (Pad + Max in ONNX; Pad of float, which every runtime supports, unlike Pad of bool).
-    dx = (inst[:, :, :, 1:] != inst[:, :, :, :-1]).to(dtype)
-    dy = (inst[:, :, 1:, :] != inst[:, :, :-1, :]).to(dtype)
-    edge_x = torch.maximum(F.pad(dx, (1, 0)), F.pad(dx, (0, 1)))
-    edge_y = torch.maximum(F.pad(dy, (0, 0, 1, 0)), F.pad(dy, (0, 0, 0, 1)))
-    return torch.maximum(edge_x, edge_y)
-
-
-def _instance_norm_act_portable(self: InstanceNormAct, x: torch.Tensor) -> torch.Tensor:
-    """InstanceNormAct.forward in standard operators (InstanceNormalization + Relu/LeakyRelu)."""
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    # Conversions only where the dtype changes: a traced .to() of the same dtype becomes a no-op Cast node.
-    weight, bias = self.weight, self.bias
-    if weight is not None and weight.dtype != acc:
-        weight = weight.to(acc)
-    if bias is not None and bias.dtype != acc:
-        bias = bias.to(acc)
-    # torch.instance_norm rather than F.instance_norm: the latter's spatial-size check converts a traced size to a
-    # Python bool (a TracerWarning for a check that cannot fail on a valid graph).
-    y = torch.instance_norm(x if x.dtype == acc else x.to(acc), weight, bias, None, None, True, 0.0, self.eps, False)
-    if self.negative_slope == 0.0:
-        y = torch.relu(y)
-    elif self.negative_slope != 1.0:
-        y = F.leaky_relu(y, self.negative_slope)
-    return y if y.dtype == x.dtype else y.to(x.dtype)
-
-
-def _instance_norm2d_portable(self: nn.InstanceNorm2d, x: torch.Tensor) -> torch.Tensor:
-    """nn.InstanceNorm2d.forward (no running stats) without F.instance_norm's traced-size check."""
-    return torch.instance_norm(x, self.weight, self.bias, None, None, True, 0.0, self.eps, False)
-
-
-@contextlib.contextmanager
-def portable_ops(module: nn.Module) -> Iterator[nn.Module]:
-    """Within the block, ``module`` runs only standard PyTorch operators (for exporters and other runtimes).
-
-    Every :class:`~pix2pixhd_fast.nn.InstanceNormAct` in ``module`` computes instance norm + activation with
-    ``torch.instance_norm`` and ``relu``/``leaky_relu`` instead of the fused custom op, plain
-    ``nn.InstanceNorm2d`` (no running stats) skips its traced-size check, and every :class:`InferenceGraph`
-    encodes its input with :func:`portable_one_hot` / :func:`portable_instance_boundary`. Parameters are shared,
-    not copied; the original behaviour returns on exit (also after an exception). Nesting is allowed.
-
-    Args:
-        module: any module (its submodules are switched).
-
-    Yields:
-        ``module`` itself.
-    """
-    patched: list[nn.Module] = []
-    graphs: list[InferenceGraph] = []
-    for m in module.modules():
-        if "forward" in m.__dict__:  # already switched by an enclosing block (or patched by the user): leave it
-            continue
-        if isinstance(m, InstanceNormAct):
-            m.forward = types.MethodType(_instance_norm_act_portable, m)
-            patched.append(m)
-        elif type(m) is nn.InstanceNorm2d and not m.track_running_stats:
-            m.forward = types.MethodType(_instance_norm2d_portable, m)
-            patched.append(m)
-        elif isinstance(m, InferenceGraph) and not m._portable:
-            m._portable = True
-            graphs.append(m)
-    try:
-        yield module
-    finally:
-        for m in patched:
-            del m.forward
-        for g in graphs:
-            g._portable = False
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -239,7 +120,6 @@ class InferenceGraph(nn.Module):
         self.feat_num = feat_num
         self.check = check
         self.size_multiple = generator_size_multiple(netG)
-        self._portable = False
 
     @classmethod
     def from_model(cls, model: nn.Module, *, check: bool = True) -> InferenceGraph:
@@ -308,18 +188,19 @@ class InferenceGraph(nn.Module):
 
     def _encode(self, label: torch.Tensor, inst: torch.Tensor | None, feat: torch.Tensor | None) -> torch.Tensor:
         dtype = _param_dtype(self.netG)
-        portable = self._portable or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
-        if self.label_nc > 0 and not portable:
-            # Data checks would sync (CUDA) or raise mid-trace: only in plain eager runs.
-            check = self.check and not torch.compiler.is_compiling()
-            return ops.encode_input(label, inst, self.label_nc, feat, dtype, check=check)
+        # Data checks would sync (CUDA) or raise mid-trace: only in plain eager runs.
+        check = self.check and not (torch.compiler.is_compiling() or torch.jit.is_tracing())
+        # While the TorchScript exporter traces, sizes are traced tensors the Python argument checks cannot compare
+        # (the inputs were validated before tracing): the registered ops are called directly.
+        direct = torch.jit.is_tracing() and ops.has_ops()
         if self.label_nc > 0:
-            parts = [portable_one_hot(label, self.label_nc, dtype)]
-        else:
-            parts = [label if label.dtype == dtype else label.to(dtype)]
+            if direct:
+                return torch.ops.pix2pixhd_fast.encode_input(label, inst, self.label_nc, feat, dtype, False)
+            return ops.encode_input(label, inst, self.label_nc, feat, dtype, check=check)
+        parts = [label if label.dtype == dtype else label.to(dtype)]
         if inst is not None:
-            edge = portable_instance_boundary(inst, dtype) if portable else ops.instance_boundary(inst, dtype)
-            parts.append(edge)
+            edge = torch.ops.pix2pixhd_fast.instance_boundary(inst, dtype) if direct else None
+            parts.append(edge if direct else ops.instance_boundary(inst, dtype, check=check))
         if feat is not None:
             parts.append(feat if feat.dtype == dtype else feat.to(dtype))
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
@@ -336,12 +217,7 @@ class InferenceGraph(nn.Module):
                 inst = inst.unsqueeze(1)
         else:
             label, inst, feat = self._validate(label, inst, feat)
-        x = self._encode(label, inst, feat)
-        if torch.onnx.is_in_onnx_export() and not self._portable:
-            # A direct torch.onnx.export(graph, ...) gets the standard-operator network too.
-            with portable_ops(self.netG):
-                return self.netG(x)
-        return self.netG(x)
+        return self.netG(self._encode(label, inst, feat))
 
     def extra_repr(self) -> str:
         return (

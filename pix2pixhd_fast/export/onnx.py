@@ -1,13 +1,10 @@
 """ONNX export of the generator as one inference graph (label/instance ids in, image out), standard operators only.
 
-Exporter choice. ``torch.onnx.export`` has two exporters. The torch.export-based one (``dynamo=True``, the default
-since torch 2.9) needs the ``onnxscript`` package, which is not a dependency of this project (and not installed on
-its build or GPU machines), and would need a translation function per custom op. The TorchScript exporter
-(``dynamo=False``) is deprecated but present and working in torch 2.11 and 2.14, needs nothing beyond ``onnx``,
-and turns ``dynamic_axes`` into symbolic batch/height/width. So the export runs the TorchScript exporter on the
-graph in its *portable* formulation (:func:`~pix2pixhd_fast.export.graph.portable_ops`): no custom op reaches
-the exporter at all, which also keeps the graph exporter-agnostic (no custom-op symbolic registrations to keep in
-step with torch). What the operators become:
+Exporter choice. The graph is exported with the TorchScript exporter (``dynamo=False``): it turns
+``dynamic_axes`` into symbolic batch/height/width without a ``torch.export`` dynamic-shape specification for every
+size constraint of the generator. Our operators reach the exporter as they are and become standard operators
+through their registered translations (:mod:`pix2pixhd_fast.onnx_ops`, which also serve ``dynamo=True`` for
+users exporting their own models):
 
 ============================  ==========================================================================
 ours                          ONNX
@@ -36,8 +33,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import onnx_ops
 from ..utils.files import replace_with, temp_path_beside
-from .graph import InferenceGraph, model_encoding, portable_ops
+from .graph import InferenceGraph, model_encoding
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -53,7 +51,7 @@ __all__ = [
 ]
 
 DEFAULT_OPSET = 17  # InstanceNormalization, Pad(reflect) and dynamic Slice all fine; TensorRT 10 parses it
-MIN_OPSET = 13  # Pad with reflect mode and pads as an input (11+); Slice/Equal of int64 (13)
+MIN_OPSET = 15  # the operators' TorchScript symbolics use CastLike and Shape(start, end) (15+)
 METADATA_PREFIX = "pix2pixhd_fast."
 STANDARD_DOMAINS = frozenset({"", "ai.onnx"})
 _ID_DTYPES = {torch.int64: "int64", torch.int32: "int32"}
@@ -203,6 +201,10 @@ def _quiet_exporter() -> Iterator[None]:
         warnings.filterwarnings(
             "ignore", message=".*operator 'instance_norm' is set to train=True", category=UserWarning
         )
+        # nn.InstanceNorm2d (ops="reference" generators) checks its input's rank and that H*W > 1 in Python on
+        # traced sizes: checks that cannot fail on a valid graph.
+        for module in ("torch.nn.modules.instancenorm", "torch.nn.functional"):
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=module)
         # Reflection padding of dynamic sizes reverses slices (step -1), which the exporter cannot fold; fine.
         warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
         yield
@@ -210,57 +212,6 @@ def _quiet_exporter() -> Iterator[None]:
 
 # ----------------------------------------------------------------------------------------------------
 # Export
-
-# Shape-arithmetic operators the TorchScript exporter leaves on constants (the pads of ReflectionPad2d with symbolic
-# sizes: the exporter cannot fold their step -1 Slice). Folded here so the file holds plain Pad(pads=Constant).
-_FOLDABLE = frozenset({"ConstantOfShape", "Concat", "Reshape", "Slice", "Transpose", "Cast", "Unsqueeze", "Squeeze"})
-_FOLD_MAX_ELEMENTS = 1024  # shape-sized tensors only: never materialise anything large
-
-
-def _fold_constants(model: Any) -> int:
-    """Evaluate nodes in ``_FOLDABLE`` whose inputs are all small ``Constant`` outputs; returns how many."""
-    import numpy as np
-    import onnx
-    from onnx import helper, numpy_helper
-    from onnx.reference import ReferenceEvaluator
-
-    graph = model.graph
-    const: dict[str, np.ndarray] = {}
-    nodes = []
-    folded = 0
-    for node in graph.node:
-        if node.op_type == "Constant" and node.domain in STANDARD_DOMAINS:
-            value = next((a for a in node.attribute if a.name == "value"), None)
-            if value is not None:
-                array = numpy_helper.to_array(value.t)
-                if array.size <= _FOLD_MAX_ELEMENTS:
-                    const[node.output[0]] = array
-            nodes.append(node)
-            continue
-        inputs = [i for i in node.input if i]
-        if node.op_type in _FOLDABLE and node.domain in STANDARD_DOMAINS and inputs and all(i in const for i in inputs):
-            outputs = ReferenceEvaluator(node).run(None, {i: const[i] for i in inputs})
-            if all(np.asarray(o).size <= _FOLD_MAX_ELEMENTS for o in outputs):
-                for name, out in zip(node.output, outputs, strict=True):
-                    out = np.asarray(out)
-                    const[name] = out
-                    nodes.append(
-                        helper.make_node("Constant", [], [name], value=numpy_helper.from_array(out, name=name))
-                    )
-                folded += 1
-                continue
-        nodes.append(node)
-    # Drop constants nothing reads any more (the folded chain's intermediates).
-    used = {i for n in nodes for i in n.input} | {o.name for o in graph.output}
-    for n in nodes:  # subgraphs may read outer-scope names
-        for attr in n.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                used |= {i for sub in _iter_nodes(attr.g) for i in sub.input}
-    kept = [n for n in nodes if n.op_type != "Constant" or any(o in used for o in n.output)]
-    del graph.node[:]
-    graph.node.extend(kept)
-    return folded
-
 
 def export_onnx(
     model_or_netG: nn.Module,
@@ -339,7 +290,8 @@ def export_onnx(
         graph.eval()
         try:
             with torch.no_grad():
-                with portable_ops(graph), _quiet_exporter():
+                onnx_ops.register_torchscript_symbolics()
+                with _quiet_exporter():
                     torch.onnx.export(
                         positional,
                         inputs,
@@ -351,14 +303,21 @@ def export_onnx(
                         dynamic_axes=dynamic_axes,
                         do_constant_folding=True,
                     )
-                # The reference for verification is the eager graph as users run it (fused ops), not the
-                # portable formulation that was traced: the check covers both the export and the formulation.
                 expected = positional(*inputs) if verify else None
         finally:
             for m, mode in modes:
                 m.training = mode
-        proto = onnx.load(tmp)
-        _fold_constants(proto)
+        # Constant folding (the pads of ReflectionPad2d with symbolic sizes stay a Slice chain otherwise) and
+        # dead-node removal by onnxscript's optimizer.
+        # Constants become initializers (what converters such as the float16 one treat as parameters).
+        import onnx_ir as ir
+        import onnxscript.optimizer
+        from onnx_ir.passes.common import LiftConstantsToInitializersPass
+
+        model_ir = ir.from_proto(onnx.load(tmp))
+        onnxscript.optimizer.optimize(model_ir)
+        LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model_ir)
+        proto = ir.to_proto(model_ir)
         output_nc = proto.graph.output[0].type.tensor_type.shape.dim[1].dim_value
         meta = {
             "format": "1",

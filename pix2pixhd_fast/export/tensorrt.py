@@ -17,11 +17,11 @@ TensorRT 10 offered two ways to build reduced precision:
   weights' types; the builder never changes a type.
 
 Only the second works on both majors, and it states the precision exactly, so the builder uses it:
-:func:`mixed_precision_onnx` rewrites the fp32 export into a mixed-precision graph (what NVIDIA's ModelOpt AutoCast
-does for general models, specialised here to pix2pixHD's operators): convolution weights, activations, one-hot and
-boundary maps in fp16/bf16; every ``InstanceNormalization`` runs in **fp32** between two ``Cast`` nodes, with fp32
-scale/bias. Instance norm reduces over H*W (up to 2M pixels at 2048x1024): its mean/variance lose accuracy (and the
-sum of squares overflows fp16's 65504) in half precision, while the convolutions around it are as accurate in
+:func:`mixed_precision_onnx` converts the fp32 export into a mixed-precision graph with onnxconverter-common:
+convolution weights, activations, one-hot and boundary maps in fp16/bf16; every ``InstanceNormalization`` runs in
+**fp32** between two ``Cast`` nodes (on the converter's block list). Instance norm reduces over H*W (up to 2M
+pixels at 2048x1024): its mean/variance lose accuracy (and the sum of squares overflows fp16's 65504) in half
+precision, while the convolutions around it are as accurate in
 fp16/bf16 with fp32 accumulation, which TensorRT's tensor-core kernels use. The graph's interface stays as in fp32:
 ``feat`` goes in as float32 and the image comes out as float32 (one cast of 3 channels at the end). bf16 convolutions
 need ONNX opset 22 (earlier opsets do not list bfloat16 for Conv), so a bf16 graph is converted to opset 22 first:
@@ -48,7 +48,6 @@ input shapes with ``IExecutionContext.set_input_shape``, tensors bound by addres
 from __future__ import annotations
 
 import contextlib
-import copy
 import datetime
 import hashlib
 import json
@@ -311,19 +310,11 @@ def _opset(model: Any) -> int:
 def mixed_precision_onnx(model_or_path: Any, precision: str) -> Any:
     """The generator graph in fp16 or bf16 with every ``InstanceNormalization`` kept in fp32 (a new ModelProto).
 
-    What changes (see the module docstring for why):
-
-    - float32 initializers and ``Constant`` / ``ConstantOfShape`` values become ``precision`` (convolution weights and
-      biases, pad values), except the ``scale`` / ``B`` inputs of InstanceNormalization, which stay float32;
-    - ``Cast(to=FLOAT)`` nodes (the one-hot and boundary maps) cast to ``precision`` instead;
-    - each float32 graph input (``feat``, or the label image when label_nc is 0) is cast to ``precision`` on entry,
-      so the graph still takes float32;
-    - each InstanceNormalization reads ``Cast(x, FLOAT)`` and its result is cast back to ``precision``;
-    - each float32 graph output is computed in ``precision`` and cast to float32 at the end;
-    - bf16: the opset is raised to 22 first (``onnx.version_converter``), the first that allows bfloat16 convolutions.
-
-    The result passes ``onnx.checker`` with full type inference (a tensor whose type the rewrite missed would fail
-    there, not in TensorRT). Integer tensors (ids, shapes) are untouched.
+    fp16 is onnxconverter-common's ``convert_float_to_float16`` with ``InstanceNormalization`` on its block list
+    (the converter casts the norm's input to fp32 and its output back) and ``keep_io_types`` (``feat`` goes in and
+    the image comes out as float32). bf16 is that graph with its float16 tensors retyped to bfloat16 (the converter
+    has no bf16 target), after raising the opset to 22, the first that allows bfloat16 convolutions. The result
+    passes ``onnx.checker`` with full type inference. Integer tensors (ids, shapes) are untouched.
 
     Args:
         model_or_path: an fp32 ``onnx.ModelProto`` or a path to one (as written by
@@ -331,11 +322,11 @@ def mixed_precision_onnx(model_or_path: Any, precision: str) -> Any:
         precision: ``"fp16"`` or ``"bf16"`` (``"fp32"`` returns an unchanged copy).
 
     Raises:
-        ValueError: unknown precision, a graph with control flow (subgraphs), or float16/bfloat16 already present.
+        ValueError: unknown precision, or float16/bfloat16 already present.
     """
-    import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
+    from onnxconverter_common import float16
 
     precision = _check_precision(precision)
     src = _load_onnx(model_or_path)
@@ -343,129 +334,67 @@ def mixed_precision_onnx(model_or_path: Any, precision: str) -> Any:
     model.CopyFrom(src)
     if precision == "fp32":
         return model
-    low = TensorProto.FLOAT16 if precision == "fp16" else TensorProto.BFLOAT16
-    low_np = np.float16 if precision == "fp16" else helper.tensor_dtype_to_np_dtype(TensorProto.BFLOAT16)
-    if precision == "bf16" and _opset(model) < BF16_MIN_OPSET:
-        from onnx import version_converter
-
-        model = version_converter.convert_version(model, BF16_MIN_OPSET)
-    graph = model.graph
-    for node in graph.node:
-        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
-            raise ValueError(f"mixed_precision_onnx: control flow ({node.op_type}) is not supported")
     half_types = {TensorProto.FLOAT16, TensorProto.BFLOAT16}
+    graph = model.graph
     if any(i.data_type in half_types for i in graph.initializer) or any(
         vi.type.tensor_type.elem_type in half_types for vi in [*graph.input, *graph.output]
     ):
         raise ValueError("mixed_precision_onnx: the model already holds float16/bfloat16 tensors; pass the fp32 export")
-
-    used_names = {n for node in graph.node for n in [*node.input, *node.output]}
-    used_names |= {vi.name for vi in [*graph.input, *graph.output]} | {i.name for i in graph.initializer}
-
-    def fresh(base: str) -> str:
-        name, k = f"{base}__{precision}", 0
-        while name in used_names:
-            k += 1
-            name = f"{base}__{precision}_{k}"
-        used_names.add(name)
-        return name
-
-    # Float constants read as InstanceNormalization scale/bias stay fp32; everything else float becomes `low`. A
-    # constant read both ways (not produced by our exporter, but possible after other tools) gets a low copy.
-    norm_params = {n.input[i] for n in graph.node if n.op_type == "InstanceNormalization" for i in (1, 2)}
-    other_reads = {
-        name
-        for n in graph.node
-        for i, name in enumerate(n.input)
-        if not (n.op_type == "InstanceNormalization" and i in (1, 2))
-    }
-    renamed: dict[str, str] = {}  # fp32 constant -> its low copy, for the non-norm readers
-
-    def convert(t: Any) -> Any:
-        arr = numpy_helper.to_array(t).astype(low_np)
-        return numpy_helper.from_array(arr, name=t.name)
-
-    new_inits = []
-    for init in graph.initializer:
-        if init.data_type != TensorProto.FLOAT:
-            new_inits.append(init)
-        elif init.name in norm_params:
-            new_inits.append(init)
-            if init.name in other_reads:
-                copy_ = convert(init)
-                copy_.name = renamed[init.name] = fresh(init.name)
-                new_inits.append(copy_)
-        else:
-            new_inits.append(convert(init))
-    del graph.initializer[:]
-    graph.initializer.extend(new_inits)
-
-    # Float graph inputs: cast on entry; readers use the cast.
-    prologue = []
-    for vi in graph.input:
-        if vi.type.tensor_type.elem_type == TensorProto.FLOAT:
-            renamed[vi.name] = fresh(vi.name)
-            prologue.append(helper.make_node("Cast", [vi.name], [renamed[vi.name]], to=low, name=renamed[vi.name]))
-
-    # Float graph outputs: the producer writes a low tensor, cast to float32 at the end.
-    out_rename = {}
-    epilogue = []
-    for vi in graph.output:
-        if vi.type.tensor_type.elem_type == TensorProto.FLOAT:
-            low_name = fresh(vi.name)
-            out_rename[vi.name] = low_name
-            cast = helper.make_node("Cast", [low_name], [vi.name], to=TensorProto.FLOAT, name=vi.name + "_f32")
-            epilogue.append(cast)
-    graph_outputs = {vi.name for vi in graph.output}
-
-    nodes = list(prologue)
-    for node in graph.node:
-        node = copy.deepcopy(node)
-        is_norm = node.op_type == "InstanceNormalization" and node.domain in ("", "ai.onnx")
-        for i, name in enumerate(node.input):
-            keep_fp32 = is_norm and i in (1, 2)
-            if not keep_fp32 and name in renamed:
-                node.input[i] = renamed[name]
-            elif name in out_rename:  # a node reading a graph output reads its low version
-                node.input[i] = out_rename[name]
-        for i, name in enumerate(node.output):
-            if name in out_rename:
-                node.output[i] = out_rename[name]
-        if node.op_type == "Cast":
-            to = next(a for a in node.attribute if a.name == "to")
-            if to.i == TensorProto.FLOAT:
-                to.i = low
-        elif node.op_type in ("Constant", "ConstantOfShape"):
-            for a in node.attribute:
-                if a.name == "value" and a.t.data_type == TensorProto.FLOAT:
-                    is_param = node.output[0] in norm_params
-                    if is_param and node.output[0] in other_reads:
-                        raise ValueError(
-                            "mixed_precision_onnx: a Constant feeds both an InstanceNormalization parameter and "
-                            "another operator; run onnx constant folding without merging constants"
-                        )
-                    if not is_param:
-                        a.t.CopyFrom(convert(a.t))
-                elif a.name in ("value_float", "value_floats"):
-                    raise ValueError(f"mixed_precision_onnx: unsupported float attribute {a.name} on {node.op_type}")
-        if is_norm:
-            x32 = fresh(node.input[0] + "_f32")
-            y32 = fresh(node.output[0] + "_f32")
-            y = node.output[0]
-            nodes.append(helper.make_node("Cast", [node.input[0]], [x32], to=TensorProto.FLOAT, name=x32))
-            node.input[0] = x32
-            node.output[0] = y32
-            nodes.append(node)
-            nodes.append(helper.make_node("Cast", [y32], [y], to=low, name=y32 + "_cast"))
+    block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | {"InstanceNormalization"})
+    model = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=block)
+    # The norms' scale/bias stay the fp32 originals: the converter rounds parameters it reaches through a Cast to
+    # float16 and casts them back, which would lose precision for nothing.
+    fp32_params = {i.name: i for i in src.graph.initializer if i.data_type == TensorProto.FLOAT}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    dropped = set()
+    for node in model.graph.node:
+        if node.op_type != "InstanceNormalization":
             continue
-        nodes.append(node)
-    # Graph inputs that are also graph outputs (an identity graph): route through the low copy.
-    for name in graph_outputs & set(renamed):
-        nodes.append(helper.make_node("Identity", [renamed[name]], [out_rename[name]]))
-    nodes.extend(epilogue)
-    del graph.node[:]
-    graph.node.extend(nodes)
-    del graph.value_info[:]  # stale types; the checker re-infers them
+        for k in (1, 2):
+            cast = producers.get(node.input[k])
+            if cast is not None and cast.op_type == "Cast" and cast.input[0] in fp32_params:
+                name = cast.input[0] + "_fp32"
+                if name not in {i.name for i in model.graph.initializer}:
+                    kept = onnx.TensorProto()
+                    kept.CopyFrom(fp32_params[cast.input[0]])
+                    kept.name = name
+                    model.graph.initializer.append(kept)
+                node.input[k] = name
+                dropped.add(id(cast))
+    used = {i for n in model.graph.node if id(n) not in dropped for i in n.input}
+    keep = [n for n in model.graph.node if id(n) not in dropped or any(o in used for o in n.output)]
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    # The converter types the outputs of the graph's own Cast(to=FLOAT) nodes (one-hot, boundary) as float16 but
+    # leaves their target type: make the casts agree.
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in model.graph.value_info}
+    for node in model.graph.node:
+        if node.op_type == "Cast" and types.get(node.output[0]) == TensorProto.FLOAT16:
+            for attr in node.attribute:
+                if attr.name == "to" and attr.i == TensorProto.FLOAT:
+                    attr.i = TensorProto.FLOAT16
+    if precision == "bf16":
+        if _opset(model) < BF16_MIN_OPSET:
+            from onnx import version_converter
+
+            model = version_converter.convert_version(model, BF16_MIN_OPSET)
+        bf16_np = helper.tensor_dtype_to_np_dtype(TensorProto.BFLOAT16)
+
+        def retype(t: Any) -> None:
+            if t.data_type == TensorProto.FLOAT16:
+                t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype("float32").astype(bf16_np), t.name))
+
+        for init in model.graph.initializer:
+            retype(init)
+        for node in model.graph.node:
+            for attr in node.attribute:
+                if node.op_type == "Cast" and attr.name == "to" and attr.i == TensorProto.FLOAT16:
+                    attr.i = TensorProto.BFLOAT16
+                elif attr.type == onnx.AttributeProto.TENSOR:
+                    retype(attr.t)
+        for vi in model.graph.value_info:
+            if vi.type.tensor_type.elem_type == TensorProto.FLOAT16:
+                vi.type.tensor_type.elem_type = TensorProto.BFLOAT16
     entry = model.metadata_props.add()
     entry.key, entry.value = METADATA_PREFIX + "precision", precision
     onnx.checker.check_model(model, full_check=True)

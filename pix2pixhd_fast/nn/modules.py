@@ -40,6 +40,10 @@ class InstanceNormAct(nn.Module):
 
     @torch.jit.unused
     def _eager_norm(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_tracing() and ops.has_ops():
+            # The TorchScript ONNX exporter traces with symbolic sizes, which the checks below cannot compare.
+            op = torch.ops.pix2pixhd_fast.instance_norm_act
+            return op(x, self.weight, self.bias, self.eps, self.negative_slope)[0]
         if x.dim() != 4 or x.size(1) != self.num_features:
             raise ValueError(
                 f"{type(self).__name__}({self.num_features}) expects [N,{self.num_features},H,W], got {tuple(x.shape)}"
@@ -87,6 +91,11 @@ class InstanceNormActPad(InstanceNormAct):
     @torch.jit.unused
     def _eager(self, x: torch.Tensor, residual: Optional[torch.Tensor]) -> torch.Tensor:  # noqa: UP045
         # The Python API: argument checks with Python exceptions, and the reference when the library is missing.
+        if torch.jit.is_tracing() and ops.has_ops():
+            # The TorchScript ONNX exporter traces with symbolic sizes, which the checks below cannot compare.
+            return torch.ops.pix2pixhd_fast.instance_norm_act_pad(
+                x, self.weight, self.bias, residual, self.eps, self.negative_slope, self.pad
+            )[0]
         if x.dim() != 4 or x.size(1) != self.num_features:
             raise ValueError(
                 f"{type(self).__name__}({self.num_features}) expects [N,{self.num_features},H,W], got {tuple(x.shape)}"
