@@ -139,6 +139,36 @@ def test_compiled_generator_cuda_graphs(seed):
         assert (o - r).abs().max().item() <= 1e-3
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+@pytest.mark.parametrize("amp", [None, torch.bfloat16], ids=["fp32", "bf16"])
+def test_compile_backend_cuda_graphs_matches_eager(tmp_path, amp, seed):
+    """The backend benchmarks/run_infer.py times: a channels-last model's graph compiled with CUDA graphs, under
+    autocast, equals the eager backend (fp32: to the rounding of convolution algorithms, TF32 included; bf16: to
+    bf16 rounding)."""
+    args = ["--checkpoints_dir", str(tmp_path), "--results_dir", str(tmp_path), "--name", "g", "--device", "cuda"]
+    opt = parse_test([*NET, *args])
+    device = torch.device("cuda")
+    model = Pix2PixHDModel(opt, is_train=False).eval().to(device).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        for p in model.netG.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    eager = EagerBackend(model, device, amp)
+    compiled = make_backend("compile", model, opt, device, amp)
+    assert compiled.compiled.cuda_graphs
+    outs, refs = [], []
+    for k in range(3):  # record once, then replay; earlier outputs must survive later replays
+        label, inst, _ = street_inputs(n=1, h=64, w=128, seed=seed + k)
+        label, inst = label.to(device), inst.to(device)
+        refs.append(eager(label, inst).float())
+        outs.append(compiled(label, inst).float())
+    tol = 1e-2 if amp is None else 6e-2
+    for o, r in zip(outs, refs, strict=True):
+        assert o.shape == r.shape == (1, 3, 64, 128)
+        assert (o - r).abs().max().item() <= tol
+    assert (outs[0] - outs[1]).abs().max().item() > 0.01  # different inputs, different images: no stale replay
+
+
 # ----------------------------------------------------------------------------------------------------
 # End to end: train a tiny model, then `test` through each backend
 
