@@ -102,6 +102,35 @@ def check_norm(shape, dtype, cl, affine, slope) -> None:
         close(name + f" grad{i}", a, r, tol * 4)
 
 
+def check_norm_pad(shape, dtype, cl, affine, slope, pad, residual) -> None:
+    """instance_norm_act_pad forward + backward; residual: None, "dense" or "view" (interior of a padded tensor)."""
+    name = f"norm_pad {list(shape)} {str(dtype)[6:]} {'CL' if cl else 'NCHW'} affine={affine} pad={pad} res={residual}"
+    n, c, h, w = shape
+    x = randn(*shape, dtype=dtype, cl=cl)
+    gy = randn(n, c, h + 2 * pad, w + 2 * pad, dtype=dtype, cl=cl)
+    wt = randn(c) if affine else None
+    b = randn(c) if affine else None
+    r = None
+    if residual == "dense":
+        r = randn(*shape, dtype=dtype, cl=cl)
+    elif residual == "view":
+        r = randn(n, c, h + 2, w + 2, dtype=dtype, cl=cl)[:, :, 1:-1, 1:-1]
+    dev = [None if t is None else t.to(DEV) for t in (x, wt, b)]
+    # The residual is moved as its padded base, so the device tensor is a strided view too.
+    rd = None if r is None else (r._base.to(DEV)[:, :, 1:-1, 1:-1] if residual == "view" else r.to(DEV))
+    leaves = [t.requires_grad_() for t in (*dev, rd) if t is not None]
+    y = ops.instance_norm_act_pad(dev[0], dev[1], dev[2], rd, 1e-5, slope, pad)
+    g = torch.autograd.grad(y, leaves, gy.to(DEV))
+    sync()
+    rl = [None if t is None else t.double().requires_grad_() for t in (x, wt, b, r)]
+    yr = reference.instance_norm_act_pad(rl[0], rl[1], rl[2], rl[3], 1e-5, slope, pad)
+    gr = torch.autograd.grad(yr, [t for t in rl if t is not None], gy.double(), allow_unused=True)
+    tol = tol_of(dtype)
+    close(name + " y", y, yr, tol)
+    for i, (a, e) in enumerate(zip(g, gr, strict=True)):
+        close(name + f" grad{i}", a, torch.zeros_like(a) if e is None else e, tol * 4)
+
+
 def check_pool(shape, dtype, cl, inst) -> None:
     name = f"pool {list(shape)} {str(dtype)[6:]} {'CL' if cl else 'NCHW'} ids {str(inst.dtype)[6:]}"
     feat = randn(*shape, dtype=dtype, cl=cl)
@@ -168,6 +197,17 @@ def main() -> int:
     guarded(check_norm, (1, 64, 40, 48), torch.bfloat16, True, True, 0.0)  # channels-last with many channels
     guarded(check_norm, (0, 4, 5, 5), torch.float32, False, True, 0.0)
     guarded(check_norm, (1, 3, 0, 5), torch.float32, True, False, 0.0)
+
+    print("instance_norm_act_pad", flush=True)
+    guarded(check_norm_pad, (2, 5, 13, 17), torch.float32, False, True, 0.2, 1, "view")
+    guarded(check_norm_pad, (1, 8, 33, 40), torch.bfloat16, True, False, 0.0, 1, "view")  # vector path
+    guarded(check_norm_pad, (2, 3, 7, 9), torch.float16, True, True, 1.0, 3, "dense")
+    guarded(check_norm_pad, (1, 4, 4, 4), torch.float32, True, False, 0.0, 3, None)  # pad reaches the far edge
+    guarded(check_norm_pad, (1, 2, 256, 512), torch.float32, False, False, 0.0, 1, "dense")  # row chunks
+    guarded(check_norm_pad, (1, 64, 40, 48), torch.bfloat16, True, True, 0.0, 1, "view")  # many channels
+    guarded(check_norm_pad, (2, 3, 5, 1), torch.float32, False, True, 0.2, 0, "dense")  # 1-pixel-wide, pad 0
+    guarded(check_norm_pad, (0, 4, 5, 5), torch.float32, False, True, 0.0, 1, None)
+    guarded(check_norm_pad, (1, 3, 0, 5), torch.float32, True, False, 0.0, 0, None)
 
     print("instance_avg_pool", flush=True)
     guarded(check_pool, (2, 3, 13, 17), torch.float32, False, ids((2, 1, 13, 17), -3, 5, torch.int64))

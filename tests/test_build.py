@@ -47,6 +47,8 @@ def test_cuda_kernels_registered_for_cuda_dispatch_key():
         "instance_avg_pool",
         "instance_norm_act",
         "instance_norm_act_backward",
+        "instance_norm_act_pad",
+        "instance_norm_act_pad_backward",
     ):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"pix2pixhd_fast::{name}", "CUDA"), name
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"pix2pixhd_fast::{name}", "CPU"), name

@@ -307,7 +307,89 @@ def test_pix2pixhd_networks(build, seed):
     fast = build("fast")
     converted, report = convert_model(ref, inplace=False, return_report=True)
     assert report.count > 0 and not report.skipped
-    assert _layout(converted) == _layout(fast)
+    got, want = _layout(converted), _layout(fast)
+    assert got.keys() == want.keys()
+    # convert_model cannot fuse a ResnetBlock's residual sum (it lives in forward). The fast generator chains its
+    # blocks: each differs in its first pad slot (Identity: the input arrives padded) and its last norm
+    # (InstanceNormActPad adding the skip input), and the norm before the first block pads its output.
+    chained = {
+        (("ReflectionPad2d", None), ("Identity", None)),
+        *((("InstanceNormAct", s), ("InstanceNormActPad", s)) for s in (0.0, 1.0)),
+    }
+    diff = [(got[k], want[k]) for k in got if got[k] != want[k]]
+    assert all(d in chained for d in diff), diff
+    n_blocks = sum(type(m).__name__ == "ResnetBlock" for m in fast.modules())
+    assert len(diff) == (2 * n_blocks + 1 if n_blocks else 0)
     assert not any(isinstance(m, nn.InstanceNorm2d) for m in converted.modules())
     x = torch.randn(1, 4, 32, 32)
     torch.testing.assert_close(converted(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reflection pads folded into the converted norm
+
+
+class PaddedStack(nn.Module):
+    """CycleGAN-style Sequential: norm, act, ReflectionPad2d, conv (several pad widths, a norm without activation,
+    a pad that does not read a norm, an unequal pad, and a residual block whose sum lives in forward)."""
+
+    def __init__(self, c=6):
+        super().__init__()
+        self.model = nn.Sequential(
+            nn.ReflectionPad2d(3),  # reads the input: stays
+            nn.Conv2d(3, c, 7),
+            nn.InstanceNorm2d(c),
+            nn.ReLU(True),
+            nn.ReflectionPad2d(1),  # folded into model.2 (pad 1)
+            nn.Conv2d(c, c, 3),
+            nn.InstanceNorm2d(c, affine=True),  # no activation: slope 1.0
+            nn.ReflectionPad2d(2),  # folded into model.6 (pad 2)
+            nn.Conv2d(c, c, 5),
+            nn.InstanceNorm2d(c),
+            nn.LeakyReLU(0.2),
+            nn.ReflectionPad2d((1, 0, 1, 0)),  # unequal sides: stays
+            nn.Conv2d(c, c, 2),
+        )
+        self.block = nn.Sequential(
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(c, c, 3),
+            nn.InstanceNorm2d(c),
+            nn.ReLU(True),
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(c, c, 3),
+            nn.InstanceNorm2d(c),
+        )
+
+    def forward(self, x):
+        h = self.model(x)
+        return h + self.block(h)
+
+
+def test_reflection_pads_folded_into_norms(seed):
+    from pix2pixhd_fast.nn import InstanceNormActPad
+
+    ref = _randomise(PaddedStack())
+    fast, report = convert_model(ref, inplace=False, return_report=True)
+    assert report.padded == [("model.2", "model.4", 1), ("model.6", "model.7", 2), ("block.2", "block.4", 1)]
+    assert "folded 3 ReflectionPad2d" in str(report)
+    assert type(fast.model[0]) is nn.ReflectionPad2d and type(fast.model[11]) is nn.ReflectionPad2d
+    for i, p, slope in ((2, 1, 0.0), (6, 2, 1.0)):
+        assert type(fast.model[i]) is InstanceNormActPad and fast.model[i].pad == p
+        assert fast.model[i].negative_slope == slope
+    assert type(fast.model[4]) is nn.Identity and type(fast.model[7]) is nn.Identity
+    assert type(fast.model[9]) is InstanceNormAct  # followed by an unequal pad
+    assert [(k, v.shape) for k, v in fast.state_dict().items()] == [(k, v.shape) for k, v in ref.state_dict().items()]
+    assert fast.model[6].weight is not ref.model[6].weight  # inplace=False: a copy
+    x = torch.randn(2, 3, 12, 14)
+    torch.testing.assert_close(fast(x), ref(x), rtol=1e-5, atol=1e-5)
+    # Gradients in float64: in fp32 a pre-activation within rounding of the ReLU's kink may fall on either side.
+    ref, fast, x = ref.double(), fast.double(), x.double()
+    x_ref, x_fast = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    y_ref, y_fast = ref(x_ref), fast(x_fast)
+    w = torch.randn_like(y_ref)
+    (y_ref * w).sum().backward()
+    (y_fast * w).sum().backward()
+    torch.testing.assert_close(x_fast.grad, x_ref.grad, rtol=1e-8, atol=1e-10)
+    grads = dict(ref.named_parameters())
+    for name, p in fast.named_parameters():
+        torch.testing.assert_close(p.grad, grads[name].grad, rtol=1e-8, atol=1e-8, msg=lambda m, n=name: f"{n}: {m}")

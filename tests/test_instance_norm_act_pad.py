@@ -232,14 +232,6 @@ def test_errors(device):
             OP(x, None, None, torch.randn(2, 3, 4, 5), 1e-5, 0.0, 1)
 
 
-def test_double_backward_is_refused():
-    x = torch.randn(1, 2, 4, 4, dtype=torch.float64, requires_grad=True)
-    y = ops.instance_norm_act_pad(x, None, None, None, 1e-5, 0.2, 1)
-    (g,) = torch.autograd.grad(y.pow(2).sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="double backward is not supported"):
-        g.sum().backward()
-
-
 # ----------------------------------------------------------------------------------------------------
 # Channels-last incoming gradient (the case torch 2.14.1's CPU nn.InstanceNorm2d gets wrong)
 
@@ -258,13 +250,14 @@ def _fp64_nchw_grad(x, gy, slope):
 @pytest.mark.parametrize("gy_layout", ["nchw", "cl"])
 def test_input_grad_with_channels_last_incoming_grad(seed, device, x_layout, gy_layout):
     # A ConvTranspose2d after a ResnetBlock hands the norm a channels-last gradient. Both fused ops must give the
-    # fp64 NCHW input gradient whatever the layouts of x and of the incoming gradient.
+    # fp64 NCHW input gradient whatever the layouts of x and of the incoming gradient. No activation (slope 1.0):
+    # among 131K pre-activations one may round to the other side of a ReLU's kink, which is not the point here.
     x = make_x(GRAD_SHAPE, torch.float32, x_layout, device)
     gy = make_x(GRAD_SHAPE, torch.float32, gy_layout, device)
-    want = _fp64_nchw_grad(x, gy, 0.0)
+    want = _fp64_nchw_grad(x, gy, 1.0)
     for name, fn in (
-        ("instance_norm_act", lambda t: ops.instance_norm_act(t, None, None, 1e-5, 0.0)),
-        ("instance_norm_act_pad", lambda t: ops.instance_norm_act_pad(t, None, None, None, 1e-5, 0.0, 0)),
+        ("instance_norm_act", lambda t: ops.instance_norm_act(t, None, None, 1e-5, 1.0)),
+        ("instance_norm_act_pad", lambda t: ops.instance_norm_act_pad(t, None, None, None, 1e-5, 1.0, 0)),
     ):
         xs = x.detach().requires_grad_()
         fn(xs).backward(gy)

@@ -26,7 +26,7 @@ from pix2pixhd_fast.models import (
     get_norm_layer,
     weights_init,
 )
-from pix2pixhd_fast.nn import InstanceNormAct
+from pix2pixhd_fast.nn import InstanceNormAct, InstanceNormActPad
 
 # ----------------------------------------------------------------------------------------------------
 # Expected layouts. A layer is a tuple: ("conv", cin, cout, k), ("convT", cin, cout, k), ("norm", c),
@@ -144,7 +144,9 @@ def test_resnet_block_padding_keys(padding):
     block = ResnetBlock(4, padding, get_norm_layer("instance"), use_dropout=True)
     kinds = [type(m).__name__ for m in block.conv_block]
     pad = [] if padding == "zero" else [{"reflect": "ReflectionPad2d", "replicate": "ReplicationPad2d"}[padding]]
-    assert kinds == pad + ["Conv2d", "InstanceNormAct", "Identity", "Dropout"] + pad + ["Conv2d", "InstanceNormAct"]
+    # reflect: the last norm adds the skip input (InstanceNormActPad); Dropout keeps the inner pad unfused
+    last = "InstanceNormActPad" if padding == "reflect" else "InstanceNormAct"
+    assert kinds == pad + ["Conv2d", "InstanceNormAct", "Identity", "Dropout"] + pad + ["Conv2d", last]
 
 
 @pytest.mark.parametrize("n_local", [1, 2, 3])
@@ -440,3 +442,84 @@ def test_torch_compile_fullgraph(seed):
     eager_grads = dict(d_eager.named_parameters())
     for name, p in d.named_parameters():
         torch.testing.assert_close(p.grad, eager_grads[name].grad, atol=1e-5, rtol=1e-5, msg=name)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reflection pads fused into the norms, ResnetBlock outputs written padded
+
+
+def _padded_norms(net):
+    return [(m.pad, m.negative_slope) for m in net.modules() if isinstance(m, InstanceNormActPad) and m.pad]
+
+
+def _block_output_sizes(net, x):
+    """Spatial size of every ResnetBlock's output during one forward."""
+    sizes = []
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, out: sizes.append(tuple(out.shape[-2:])))
+        for m in net.modules()
+        if isinstance(m, ResnetBlock)
+    ]
+    net(x)
+    for h in hooks:
+        h.remove()
+    return sizes
+
+
+def test_global_generator_fused_pads_and_chained_blocks(seed):
+    net = define_G(5, 3, 4, "global", 2, 3, ops="fast")
+    layers = list(net.model)
+    assert not any(type(m) is nn.ReflectionPad2d for m in layers[1:]), "a pad reading a norm was left unfused"
+    assert type(layers[0]) is nn.ReflectionPad2d  # reads the input image
+    blocks = [m for m in layers if isinstance(m, ResnetBlock)]
+    assert [b.padded_input for b in blocks] == [True, True, True]
+    assert [b.conv_block[-1].pad for b in blocks] == [1, 1, 0]
+    for b in blocks:
+        assert type(b.conv_block[0]) is nn.Identity and type(b.conv_block[4]) is nn.Identity
+        assert b.conv_block[2].pad == 1
+    # last downsampling norm (pad 1 for the first block), three inner pads, the output conv's pad 3
+    assert _padded_norms(net) == [(1, 0.0)] + [(1, 0.0), (1, 1.0)] * 2 + [(1, 0.0), (3, 0.0)]
+    assert _block_output_sizes(net, torch.randn(1, 5, 16, 24)) == [(6, 8), (6, 8), (4, 6)]
+
+
+@pytest.mark.parametrize("padding", ["replicate", "zero"])
+def test_other_paddings_and_batch_norm_keep_unfused_blocks(padding):
+    net = GlobalGenerator(5, 3, 4, 1, 2, "instance", padding, ops="fast")
+    assert not any(isinstance(m, ResnetBlock) and m.fused_residual for m in net.modules())
+    # only the output conv's reflection pad (always reflect, as in the reference) is folded
+    assert _padded_norms(net) == [(3, 0.0)]
+    assert not _padded_norms(GlobalGenerator(5, 3, 4, 1, 2, "batch", ops="fast"))
+    assert not _padded_norms(define_G(5, 3, 4, "global", 1, 2, ops="reference"))
+
+
+def test_local_enhancer_fused_pads(seed):
+    net = define_G(5, 3, 4, "local", 1, 2, 1, 2, ops="fast")
+    # the global part ends unpadded (summed with the front end); the enhancer's blocks chain, the last
+    # enhancer's output pad is folded
+    tail = [m for m in net.model if not isinstance(m, nn.Identity)][-1]
+    assert isinstance(tail, InstanceNormAct) and getattr(tail, "pad", 0) == 0
+    back = [m for m in net.model1_2 if isinstance(m, ResnetBlock)]
+    assert [b.padded_input for b in back] == [False, True]
+    assert [b.conv_block[-1].pad for b in back] == [1, 0]
+    assert not any(type(m) is nn.ReflectionPad2d for m in net.model1_2)
+    x = torch.randn(1, 5, 32, 32)
+    assert _block_output_sizes(net, x) == [(10, 10), (8, 8), (18, 18), (16, 16)]
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda ops: GlobalGenerator(5, 3, 4, 0, 2, "instance", ops=ops),  # blocks right after the first norm
+        lambda ops: GlobalGenerator(5, 3, 4, 1, 0, "instance", ops=ops),  # no blocks: only the output pad
+        lambda ops: define_G(5, 3, 2, "local", 1, 2, 2, 2, ops=ops),  # two enhancers
+        lambda ops: ResnetBlock(6, "reflect", "instance", ops=ops),  # a block on its own
+    ],
+    ids=["global-no-down", "global-no-blocks", "local2", "block"],
+)
+def test_fused_networks_match_reference(seed, build):
+    ref, fast = _pair(build)
+    x = torch.randn(2, 6 if isinstance(ref, ResnetBlock) else 5, 16, 16)
+    torch.testing.assert_close(fast(x), ref(x), atol=1e-5, rtol=1e-5)
+    xc = x.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(fast.to(memory_format=torch.channels_last)(xc), ref(x), atol=1e-5, rtol=1e-5)
+    _check_grads_fp64(ref, fast, x)

@@ -61,6 +61,23 @@ struct Moments {
 
 constexpr int64_t kBlock = 4096;  // elements per two-pass block (16 KB fp32: stays in L1)
 
+// Sum of f(0..n) over kLanes independent accumulators: a single running sum is one dependent add per element
+// (the compiler may not reorder float adds), lanes let the loop vectorize.
+constexpr int kLanes = 16;
+
+template <typename F>
+inline auto lane_sum(int64_t n, const F& f) -> decltype(f(int64_t{0})) {
+  using A = decltype(f(int64_t{0}));
+  A s[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) s[j] += f(i + j);
+  A t = 0;
+  for (; i < n; ++i) t += f(i);
+  for (int j = 0; j < kLanes; ++j) t += s[j];
+  return t;
+}
+
 template <typename A>
 A rstd_of(double var, double eps) {
   return static_cast<A>(1.0 / std::sqrt(std::max(var, 0.0) + eps));
@@ -94,15 +111,13 @@ Coef<acc_t<T>> stats_nchw(const T* x, int64_t N, int64_t C, int64_t hw, const ac
       Moments m;
       for (int64_t b0 = 0; b0 < hw; b0 += kBlock) {
         const int64_t len = std::min(kBlock, hw - b0);
-        A s = 0;
-        for (int64_t i = 0; i < len; ++i) s += ld(p[b0 + i]);
-        const A mb = s / static_cast<A>(len);
-        A q = 0;
-        for (int64_t i = 0; i < len; ++i) {
-          const A d = ld(p[b0 + i]) - mb;
-          q += d * d;
-        }
-        m.merge(static_cast<double>(len), mb, q);
+        const T* q = p + b0;
+        const A mb = lane_sum(len, [&](int64_t i) { return ld(q[i]); }) / static_cast<A>(len);
+        const A m2 = lane_sum(len, [&](int64_t i) {
+          const A d = ld(q[i]) - mb;
+          return d * d;
+        });
+        m.merge(static_cast<double>(len), mb, m2);
       }
       const A r = rstd_of<A>(m.m2 / static_cast<double>(hw), eps);
       const int64_t c = pl % C;
@@ -283,15 +298,13 @@ void backward_nchw(const T* x, const T* gy, T* gx, T* gres, int64_t N, int64_t C
       for (int64_t h = 0; h < H; ++h) {
         A* gr = g.data() + h * W;
         fold_row(gy + pl * Ho * Wo, h, H, W, p, 1, tmp.data(), gr);
-        A t1 = 0, t2 = 0;
-        for (int64_t i = 0; i < W; ++i) {
-          const A xh = (ld(px[h * W + i]) - mean) * rstd;
-          const A dz = xh * w + beta > A(0) ? gr[i] : gr[i] * slope;
-          t1 += dz;
-          t2 += dz * xh;
-        }
-        d1 += t1;
-        d2 += t2;
+        const T* xr = px + h * W;
+        const auto dz = [&](int64_t i) {
+          const A xh = (ld(xr[i]) - mean) * rstd;
+          return xh * w + beta > A(0) ? gr[i] : gr[i] * slope;
+        };
+        d1 += lane_sum(W, dz);
+        d2 += lane_sum(W, [&](int64_t i) { return dz(i) * (ld(xr[i]) - mean) * rstd; });
       }
       sdz[pl] = d1;
       sdzx[pl] = d2;

@@ -10,7 +10,11 @@ Every network takes ``ops='fast' | 'reference'``:
   :class:`~pix2pixhd_fast.nn.InstanceNormAct` (``instance_norm_act``) placed in the norm's Sequential slot, and
   the activation's slot holds ``nn.Identity`` (so indices and keys stay those of the reference). ReLU becomes
   slope 0.0, the discriminator's LeakyReLU(0.2) slope 0.2, and the ResnetBlock's second norm (no activation)
-  slope 1.0. The Encoder pools with the ``instance_avg_pool`` kernel.
+  slope 1.0. The Encoder pools with the ``instance_avg_pool`` kernel. Every ``ReflectionPad2d`` that reads a
+  fused norm's output is folded into it (``InstanceNormActPad``: the norm writes the padded buffer the next
+  convolution reads; the pad's slot holds ``nn.Identity``), and with reflection padding a chain of ResnetBlocks
+  passes its activations padded: each block's last norm adds the skip input and writes the block output already
+  padded for the next block (see :class:`ResnetBlock`).
 - ``'reference'``: exactly the reference modules (``nn.InstanceNorm2d`` + ``nn.ReLU``/``nn.LeakyReLU``) and the
   plain-PyTorch pooling of :mod:`pix2pixhd_fast.reference`: the baseline for tests and benchmarks.
 
@@ -27,7 +31,8 @@ import torch
 from torch import nn
 
 from .. import reference
-from ..nn import InstanceNormAct
+from ..nn import InstanceNormAct, InstanceNormActPad
+from ..nn.convert import activation_slope, fusable_norm, fuse_norm_pads, with_pad
 from ..ops import instance_avg_pool
 
 __all__ = [
@@ -102,17 +107,6 @@ def _check_int(name: str, value: int, minimum: int) -> None:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
 
 
-def _activation_slope(act: nn.Module | None) -> float | None:
-    """The LeakyReLU slope a fused norm can apply in place of ``act`` (None: this activation cannot be fused)."""
-    if act is None:
-        return 1.0
-    if type(act) is nn.ReLU:
-        return 0.0
-    if type(act) is nn.LeakyReLU:
-        return float(act.negative_slope)
-    return None
-
-
 def _norm_act(norm_layer: NormLayer, num_features: int, act: nn.Module | None, ops: str) -> list[nn.Module]:
     """The ``[norm, activation]`` pair (or ``[norm]`` when ``act`` is None) in the reference's slots.
 
@@ -121,12 +115,55 @@ def _norm_act(norm_layer: NormLayer, num_features: int, act: nn.Module | None, o
     activation's slot. Anything else (batch norm, other activations) keeps the modules as built.
     """
     norm = norm_layer(num_features)
-    slope = _activation_slope(act)
+    slope = 1.0 if act is None else activation_slope(act)
     fusable = type(norm) is nn.InstanceNorm2d and not norm.track_running_stats and slope is not None
     if ops == "fast" and fusable:
         fused = InstanceNormAct(num_features, eps=norm.eps, affine=norm.affine, negative_slope=slope)
         return [fused] if act is None else [fused, nn.Identity()]
     return [norm] if act is None else [norm, act]
+
+
+def _fuse_padded(layers: list[nn.Module]) -> None:
+    """Fast networks: pass activations padded wherever a reflection pad reads them (in place, same slots).
+
+    Each run of fused ResnetBlocks is chained: the fused norm before the first block (only Identity slots between)
+    writes its output padded by 1, every block but the last writes its output padded by 1 for the next, and the
+    last block absorbs a directly following ``ReflectionPad2d(p)``. Then every remaining reflection pad that reads
+    a fused norm's output is folded into that norm.
+    """
+    i = 0
+    while i < len(layers):
+        if not (isinstance(layers[i], ResnetBlock) and layers[i].fused_residual):
+            i += 1
+            continue
+        k = i
+        while k + 1 < len(layers) and isinstance(layers[k + 1], ResnetBlock) and layers[k + 1].fused_residual:
+            k += 1
+        j = i - 1
+        while j >= 0 and type(layers[j]) is nn.Identity:
+            j -= 1
+        first_padded = j >= 0 and fusable_norm(layers[j])
+        if first_padded:
+            layers[j] = with_pad(layers[j], 1)
+        last_pad = 0
+        if k + 1 < len(layers) and type(layers[k + 1]) is nn.ReflectionPad2d:
+            left, right, top, bottom = layers[k + 1].padding
+            if left == right == top == bottom:
+                last_pad = left
+                layers[k + 1] = nn.Identity()
+        for b in range(i, k + 1):
+            layers[b].chain(padded_input=b > i or first_padded, out_pad=1 if b < k else last_pad)
+        i = k + 1
+    fuse_norm_pads(layers)
+
+
+def _unpad_tail(layers: list[nn.Module]) -> None:
+    """Undo a pad folded into the last fused norm of ``layers`` (its consumer was cut off), in place."""
+    j = len(layers) - 1
+    while j >= 0 and type(layers[j]) is nn.Identity:
+        j -= 1
+    if j >= 0 and isinstance(layers[j], InstanceNormActPad):
+        layers[j].pad = 0
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -140,6 +177,12 @@ class ResnetBlock(nn.Module):
     ReflectionPad2d(1) / ReplicationPad2d(1) for ``padding_type`` 'reflect' / 'replicate' and absent for 'zero'
     (the convs pad by 1 instead), so the Sequential indices (keys ``conv_block.1.*``, ``conv_block.5.*`` for
     reflect; ``conv_block.0.*``, ``conv_block.3.*`` for zero) are the reference's.
+
+    With ``ops='fast'``, reflection padding and instance norm, the block is fused: the inner pad is folded into the
+    first norm (unless Dropout sits between them), and the last norm (``InstanceNormActPad``, slope 1.0) adds the
+    skip input itself, ``pad(norm(conv(...)) + x)``. A generator chains such blocks (:meth:`chain`): a block
+    then takes its input already padded by 1 (its first pad slot holds Identity and the skip input is the interior
+    view of the input) and writes its output padded for the next block, so each block output is written once.
     """
 
     def __init__(
@@ -159,6 +202,10 @@ class ResnetBlock(nn.Module):
         if activation is None:
             activation = nn.ReLU(True)
         self.conv_block = self.build_conv_block(dim, padding_type, norm_layer, activation, use_dropout, ops)
+        # Plain attributes (no state): whether the last norm adds the skip input, and whether the input arrives
+        # padded by 1.
+        self.fused_residual = padding_type == "reflect" and type(self.conv_block[-1]) is InstanceNormActPad
+        self.padded_input = False
 
     @staticmethod
     def _pad(padding_type: str) -> tuple[list[nn.Module], int]:
@@ -189,10 +236,34 @@ class ResnetBlock(nn.Module):
         layers += [*pad, nn.Conv2d(dim, dim, kernel_size=3, padding=p)]
         # The second norm has no activation: fused, it is instance_norm_act with slope 1.0.
         layers += _norm_act(norm_layer, dim, None, ops)
+        if ops == "fast" and padding_type == "reflect" and fusable_norm(layers[-1]):
+            # The last norm adds the skip input (pad 0 until a generator chains the block); the inner pad folds
+            # into the first norm when only its activation's Identity slot sits between them.
+            layers[-1] = with_pad(layers[-1], 0)
+            fuse_norm_pads(layers)
         return nn.Sequential(*layers)
 
+    def chain(self, padded_input: bool, out_pad: int) -> None:
+        """Fused blocks only: take the input already padded by 1 (``padded_input``; the previous layer wrote it so)
+        and write the output padded by ``out_pad`` (1 for a following block, 0 for an unpadded consumer)."""
+        if not self.fused_residual:
+            raise RuntimeError("ResnetBlock.chain needs a fused block (ops='fast', reflection padding, instance norm)")
+        self.padded_input = padded_input
+        self.conv_block[0] = nn.Identity() if padded_input else nn.ReflectionPad2d(1)
+        self.conv_block[-1].pad = out_pad
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv_block(x)
+        if not self.fused_residual:
+            return x + self.conv_block(x)
+        # x is [N, C, H+2, W+2] when padded_input: its interior is the block's input.
+        skip = x[:, :, 1:-1, 1:-1] if self.padded_input else x
+        h = x
+        layers = list(self.conv_block)
+        for m in layers[:-1]:
+            h = m(h)
+        if skip.dtype != h.dtype:  # autocast: a float32 skip input next to bf16 convolutions
+            skip = skip.to(h.dtype)
+        return layers[-1](h, skip)
 
 
 class GlobalGenerator(nn.Module):
@@ -246,6 +317,8 @@ class GlobalGenerator(nn.Module):
             layers.append(nn.ConvTranspose2d(c, c // 2, kernel_size=3, stride=2, padding=1, output_padding=1))
             layers += _norm_act(norm_layer, c // 2, nn.ReLU(True), ops)
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, kernel_size=7, padding=0), nn.Tanh()]
+        if ops == "fast":
+            _fuse_padded(layers)
         self.model = nn.Sequential(*layers)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
@@ -294,7 +367,9 @@ class LocalEnhancer(nn.Module):
         global_layers = GlobalGenerator(
             input_nc, output_nc, ngf_global, n_downsample_global, n_blocks_global, norm_layer, ops=ops
         ).model
-        self.model = nn.Sequential(*list(global_layers)[:-3])
+        layers = list(global_layers)[:-3]
+        _unpad_tail(layers)  # its output is summed with the first enhancer's front end, unpadded
+        self.model = nn.Sequential(*layers)
 
         for n in range(1, n_local_enhancers + 1):
             c = ngf * 2 ** (n_local_enhancers - n)
@@ -309,6 +384,8 @@ class LocalEnhancer(nn.Module):
             back += _norm_act(norm_layer, c, nn.ReLU(True), ops)
             if n == n_local_enhancers:
                 back += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, kernel_size=7, padding=0), nn.Tanh()]
+            if ops == "fast":
+                _fuse_padded(back)
             setattr(self, f"model{n}_1", nn.Sequential(*front))
             setattr(self, f"model{n}_2", nn.Sequential(*back))
 
@@ -368,6 +445,8 @@ class Encoder(nn.Module):
             layers.append(nn.ConvTranspose2d(c, c // 2, kernel_size=3, stride=2, padding=1, output_padding=1))
             layers += _norm_act(norm_layer, c // 2, nn.ReLU(True), ops)
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, kernel_size=7, padding=0), nn.Tanh()]
+        if ops == "fast":
+            _fuse_padded(layers)
         self.model = nn.Sequential(*layers)
 
     def forward(self, input: torch.Tensor, inst: torch.Tensor) -> torch.Tensor:

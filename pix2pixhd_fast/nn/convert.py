@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .. import ops
-from .modules import InstanceNormAct
+from .modules import InstanceNormAct, InstanceNormActPad, InstanceNormReLU
 
 __all__ = ["convert_model", "ConversionReport", "get_edges", "instance_avg_pool"]
 
@@ -32,12 +32,14 @@ class ConversionReport:
 
     ``fused``: (norm path, activation path, negative_slope) pairs now run as one ``InstanceNormAct`` (the
     activation's slot holds ``nn.Identity``). ``norm_only``: InstanceNorm2d converted alone (slope 1.0).
-    ``skipped``: (path, reason) for instance norms left as they were.
+    ``skipped``: (path, reason) for instance norms left as they were. ``padded``: (norm path, pad path, p) for
+    each ``ReflectionPad2d(p)`` folded into the converted norm before it (``InstanceNormActPad``).
     """
 
     fused: list[tuple[str, str, float]] = field(default_factory=list)
     norm_only: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    padded: list[tuple[str, str, int]] = field(default_factory=list)
 
     @property
     def count(self) -> int:
@@ -47,7 +49,8 @@ class ConversionReport:
     def __str__(self) -> str:
         return (
             f"fused {len(self.fused)} InstanceNorm2d+activation pair(s), converted {len(self.norm_only)} "
-            f"InstanceNorm2d without a following activation, left {len(self.skipped)} alone"
+            f"InstanceNorm2d without a following activation, folded {len(self.padded)} ReflectionPad2d into the "
+            f"norm before it, left {len(self.skipped)} alone"
         )
 
 
@@ -72,8 +75,10 @@ def _has_hooks(m: nn.Module) -> bool:
     return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks)
 
 
-def _activation_slope(m: nn.Module | None) -> float | None:
-    """The LeakyReLU slope an activation module computes (ReLU: 0.0), or None when it is not one."""
+def activation_slope(m: nn.Module | None) -> float | None:
+    """The LeakyReLU slope that a fused norm applies in place of activation module ``m`` (ReLU: 0.0), or None
+    when ``m`` is not exactly ``nn.ReLU`` / ``nn.LeakyReLU`` without hooks (including ``m`` None: a norm known
+    to have no activation is fused with slope 1.0 by its caller, which alone knows that)."""
     if m is None or _has_hooks(m):
         return None
     if type(m) is nn.ReLU:
@@ -81,6 +86,59 @@ def _activation_slope(m: nn.Module | None) -> float | None:
     if type(m) is nn.LeakyReLU:
         return float(m.negative_slope)
     return None
+
+
+# Fused norms whose output a following ReflectionPad2d may be folded into (exact types: a subclass may override
+# forward).
+_PADDABLE = (InstanceNormAct, InstanceNormReLU, InstanceNormActPad)
+
+
+def _reflection_pad_width(m: nn.Module) -> int | None:
+    """p for an ``nn.ReflectionPad2d`` padding every side by the same p > 0 (and without hooks), else None."""
+    if type(m) is not nn.ReflectionPad2d or _has_hooks(m):
+        return None
+    left, right, top, bottom = m.padding
+    return left if left == right == top == bottom and left > 0 else None
+
+
+def with_pad(norm: InstanceNormAct, pad: int) -> InstanceNormActPad:
+    """``norm`` as an ``InstanceNormActPad(pad=pad)`` sharing its Parameter objects (same state_dict keys)."""
+    new = InstanceNormActPad(
+        norm.num_features, eps=norm.eps, affine=norm.affine, negative_slope=norm.negative_slope, pad=pad
+    )
+    if norm.affine:
+        new.weight = norm.weight
+        new.bias = norm.bias
+    new.train(norm.training)
+    return new
+
+
+def fusable_norm(m: nn.Module) -> bool:
+    """Whether ``m`` is a fused norm without padding (and without hooks) that can absorb a following pad."""
+    return type(m) in _PADDABLE and getattr(m, "pad", 0) == 0 and not _has_hooks(m)
+
+
+def fuse_norm_pads(layers: list[nn.Module] | nn.Sequential) -> list[tuple[int, int, int]]:
+    """Fold every ``ReflectionPad2d(p)`` that reads a fused norm's output into that norm, in place.
+
+    ``layers`` is run in order (a Sequential or the list it is built from); only ``nn.Identity`` slots may sit
+    between the norm and the pad. The norm's slot becomes ``InstanceNormActPad(pad=p)`` (same parameters), the
+    pad's slot ``nn.Identity``, so indices and state_dict keys stay. Returns (norm index, pad index, p) triples.
+    """
+    done = []
+    for i in range(len(layers)):
+        p = _reflection_pad_width(layers[i])
+        if p is None:
+            continue
+        j = i - 1
+        while j >= 0 and type(layers[j]) is nn.Identity:
+            j -= 1
+        if j < 0 or not fusable_norm(layers[j]):
+            continue
+        layers[j] = with_pad(layers[j], p)
+        layers[i] = nn.Identity()
+        done.append((j, i, p))
+    return done
 
 
 def _runs_in_order(m: nn.Module) -> bool:
@@ -133,7 +191,7 @@ class _Converter:
                 continue
             norm = tail[0]._modules[tail[1]]
             act = head[0]._modules[head[1]]
-            slope = _activation_slope(act)
+            slope = activation_slope(act)
             if not _is_instance_norm(norm) or slope is None or _skip_reason(norm) is not None:
                 continue
             tail[0]._modules[tail[1]] = _fused(norm, slope)
@@ -161,6 +219,14 @@ class _Converter:
                     self.report.skipped.append((path, reason))
             elif not isinstance(child, InstanceNormAct):
                 self.visit(child, path)
+        if _runs_in_order(module):
+            # After the norms of this container are converted: a pad that reads a converted norm's output.
+            names = list(module._modules)
+            slots = [module._modules[n] for n in names]
+            for j, i, p in fuse_norm_pads(slots):
+                module._modules[names[j]] = slots[j]
+                module._modules[names[i]] = slots[i]
+                self.report.padded.append((_join(prefix, names[j]), _join(prefix, names[i]), p))
 
 
 def convert_model(
@@ -179,6 +245,10 @@ def convert_model(
       of a custom module such as ``self.norm`` used in ``forward``) becomes ``InstanceNormAct`` with
       ``negative_slope=1.0`` (normalisation only). The activation of a custom module is left where it is:
       the order of calls in a ``forward`` cannot be known from the module tree, so fusing it could be wrong.
+    - In the same Sequential, an ``nn.ReflectionPad2d(p)`` (equal sides) that reads a converted norm's output
+      (only Identity slots between, e.g. norm, ReLU, pad) is folded into it: ``InstanceNormActPad(pad=p)`` in the
+      norm's slot writes the padded output in one pass, ``nn.Identity()`` takes the pad's slot. A residual sum
+      lives in a ``forward``, so it is not fused here (the pix2pixHD networks of this package fuse it).
 
     Eligible means exactly ``nn.InstanceNorm2d`` (affine or not) with ``track_running_stats=False`` and no hooks.
     Left alone: ``track_running_stats=True`` (in eval mode it normalises with running statistics, not the
