@@ -357,10 +357,14 @@ def _register() -> None:
 
 if _lib.load():
     _register()
-    # ONNX translations for both torch.onnx exporters (onnxscript is imported only when an export needs it).
-    from .onnx_ops import install_onnx_hook
+    # ONNX translations for both torch.onnx exporters (onnxscript is imported only when an export needs it). A
+    # torch whose exporter internals differ must not stop the operators from loading: ONNX export then says why.
+    try:
+        from .onnx_ops import install_onnx_hook
 
-    install_onnx_hook()
+        install_onnx_hook()
+    except Exception as e:  # noqa: BLE001
+        warnings.warn(f"pix2pixhd_fast: ONNX translations not registered ({e})", stacklevel=2)
     if not torch._C._dispatch_has_kernel_for_dispatch_key("pix2pixhd_fast::instance_norm_act", "Autograd"):
         # A library built before csrc/autograd/autograd.cpp: its ops would run, but gradients through them
         # would be silently dropped (autograd's fallback only warns in backward).
