@@ -7,6 +7,10 @@
 - :func:`compile_generator`: the graph through ``torch.compile`` (inductor; CUDA graphs on the GPU).
 - :func:`build_engine` / :class:`TensorRTGenerator`: a TensorRT engine from the ONNX file (fp32/fp16/bf16 with
   instance norm in fp32) and its runtime on torch CUDA tensors; ``tensorrt`` is imported only when used.
+- :mod:`~pix2pixhd_fast.export.backends`: the inference backends of a trained model (eager, compile, onnxruntime,
+  TensorRT), one adapter each.
+- :func:`onnx_translation_table`: our operators' ONNX translations (registered with both ``torch.onnx`` exporters
+  automatically; this is the form ``torch.onnx.export(..., custom_translation_table=...)`` takes).
 """
 
 from ..onnx_ops import onnx_translation_table
