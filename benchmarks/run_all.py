@@ -1,4 +1,4 @@
-"""`make bench` / `pix2pixhd-fast bench`: every benchmark suite on this machine, then the report.
+"""`make bench`: every benchmark suite on this machine, then the report.
 
     python benchmarks/run_all.py                          # CPU: all steps, results in benchmarks/results/
     python benchmarks/run_all.py --device cuda            # GPU sizes; machine name from the GPU (nvidia-h100)
@@ -60,7 +60,7 @@ def _steps(text: str) -> list[str]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
-        prog="pix2pixhd-fast bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="benchmarks/run_all.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--machine", default=None, help="results name (default: cpu-<cores>core or the GPU's name)")
