@@ -151,7 +151,8 @@ def test_partial_graft_global_into_local_enhancer(seed, tmp_path):
         assert torch.equal(v, expected), k
     # the grafted global part computes what G1 computes before its output layer
     x = torch.randn(1, 5, 16, 16)
-    torch.testing.assert_close(local.model(x), global_g.model[:-3](x))
+    # (the fast G1's last norm writes its output already padded for the output conv, its pad slot folded in: crop)
+    torch.testing.assert_close(local.model(x), global_g.model[:-3](x)[:, :, 3:-3, 3:-3])
 
 
 def test_partial_skips_mis_shaped_tensors(seed):
