@@ -212,8 +212,8 @@ if want bench && ((LIB_OK)); then
   step scaling "$LOG" 60 "$PY" benchmarks/run_scaling.py --device cuda --budget-s 45 --json "$OUT/gpu_scaling.json"
 fi
 
-# 6d. Inference latency per backend (benchmarks/run_infer.py): the LocalEnhancer at 2048x1024 first (DESIGN.md:
-# TensorRT or torch.compile + CUDA graphs >= 3x the fp32 eager latency), then the global generator at 1024x512.
+# 6d. Inference latency per backend (benchmarks/run_infer.py): the LocalEnhancer at 2048x1024 first (the
+# target: TensorRT or torch.compile + CUDA graphs >= 3x the fp32 eager latency), then the global generator at 1024x512.
 # TensorRT is recorded as skipped where it is not installed; onnxruntime runs only in the CPU benchmark. Compilation
 # counts against the step's 90 s: --budget-s starts no new problem or backend set-up after 45 s (the JSON is
 # rewritten after every problem).

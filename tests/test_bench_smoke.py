@@ -459,7 +459,7 @@ def test_run_infer_bad_arguments():
             raise AssertionError(f"{argv} was accepted")
     args = run_infer.parse_args(["--device", "cuda", "--only", "local"])
     assert args.sizes == "gpu" and args.problem_names == {"local"} and args.warmup == 3
-    # The GPU problems: the LocalEnhancer at 2048x1024 first (DESIGN.md's target), then the global G at 1024x512.
+    # The GPU problems: the LocalEnhancer at 2048x1024 first (the 3x target's problem), then the global G at 1024x512.
     probs = run_infer.problems_for("gpu")
     assert [(p.name, p.height, p.width) for p in probs] == [("local", 1024, 2048), ("global", 512, 1024)]
     assert [(p.name, p.height, p.width) for p in run_infer.problems_for("cpu")] == [("global", 256, 512)]

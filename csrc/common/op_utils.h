@@ -31,7 +31,7 @@ inline std::string dims(at::IntArrayRef s) {
 
 // Output memory format of an op on a 4-D tensor: channels-last when the channel dim has unit stride and
 // more than one channel (covers channels-last tensors and spatial slices of them), else NCHW.
-// Python mirror: pix2pixhd_fast.ops._wants_channels_last.
+// Python mirror (the fake kernels use it): pix2pixhd_fast.reference.output_memory_format.
 inline bool wants_channels_last(const at::Tensor& x) {
   return x.dim() == 4 && x.size(1) > 1 && x.stride(1) == 1;
 }
