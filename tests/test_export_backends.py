@@ -4,7 +4,7 @@ Independent expectations: every backend is compared with the eager generator (it
 reference implementation elsewhere) on the same inputs; the mixed-precision ONNX graph is run by onnxruntime (fp16)
 or ONNX's own numpy evaluator (bf16) and compared with fp32, and its structure is checked node by node.
 
-TensorRT is not installed on the build machine and there is no GPU: its builder is tested on argument handling and,
+TensorRT needs a GPU and an optional package, so its builder is also tested without them: on argument handling and,
 with a stand-in ``tensorrt`` module that records the calls (named after TensorRT's documented Python API), on what
 it asks TensorRT to do; the real build + run tests skip with the reason where TensorRT and CUDA are missing.
 
