@@ -134,8 +134,8 @@ def instance_norm_act(
     """
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     if weight is None and bias is not None:
-        # Same maths with an explicit unit weight. F.instance_norm's bias-without-weight path on CUDA gave wrong
-        # gradients on the H200 machine (torch 2.11); the explicit weight keeps the oracle on its common path.
+        # Same maths with an explicit unit weight. F.instance_norm's bias-without-weight path on CUDA gives wrong
+        # gradients in torch 2.11; the explicit weight keeps the oracle on its common path.
         weight = torch.ones_like(bias)
     y = F.instance_norm(
         x.to(acc),

@@ -10,9 +10,9 @@
 
 namespace pix2pixhd_fast {
 
-// Error-message formatting without std::ostream numeric insertion. On the GPU machine (torch 2.11 wheels,
-// a newer system g++) streaming an integer or an IntArrayRef from extension code into TORCH_CHECK's
-// ostringstream crashed inside libstdc++'s num_put (seen in gdb, every op): the extension's inline ostream
+// Error-message formatting without std::ostream numeric insertion. With torch 2.11 wheels and a newer system
+// g++, streaming an integer or an IntArrayRef from extension code into TORCH_CHECK's ostringstream crashes
+// inside libstdc++'s num_put (every op): the extension's inline ostream
 // code and the process's libstdc++ disagreed. std::to_string formats through vsnprintf and is safe; strings,
 // ScalarType names and Device::str() stream as plain characters. Use these for every number in a message.
 template <typename T>
