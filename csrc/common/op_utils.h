@@ -12,8 +12,8 @@ namespace pix2pixhd_fast {
 
 // Error-message formatting without std::ostream numeric insertion. With torch 2.11 wheels and a newer system
 // g++, streaming an integer or an IntArrayRef from extension code into TORCH_CHECK's ostringstream crashes
-// inside libstdc++'s num_put (every op): the extension's inline ostream
-// code and the process's libstdc++ disagreed. std::to_string formats through vsnprintf and is safe; strings,
+// inside libstdc++'s num_put (every op): the extension's inline ostream code and the process's libstdc++
+// disagree. std::to_string formats through vsnprintf and is safe; strings,
 // ScalarType names and Device::str() stream as plain characters. Use these for every number in a message.
 template <typename T>
 inline std::string num(T v) {
