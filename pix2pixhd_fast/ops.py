@@ -1,7 +1,8 @@
 """Public functional API of the custom operators (namespace ``torch.ops.pix2pixhd_fast``).
 
-Each function runs the compiled CPU/CUDA kernel when the library is loaded and falls back to the
-pure-PyTorch reference (:mod:`pix2pixhd_fast.reference`) otherwise. Fake (meta) kernels are registered here
+Each function runs the compiled CPU/CUDA kernel; the pure-PyTorch reference (:mod:`pix2pixhd_fast.reference`)
+runs instead only where it was requested (P2PHD_DISABLE_EXT=1 or P2PHD_ALLOW_FALLBACK=1, see ``_lib``): without
+the library the package does not import. Fake (meta) kernels are registered here
 with ``torch.library``, so the ops trace under ``torch.compile(fullgraph=True)`` and ``torch.export``; the
 autograd kernels are C++ (csrc/autograd/autograd.cpp: a Python autograd formula added 35-45 us per call), so
 the ops differentiate like built-in ops. The references differentiate through plain PyTorch.
@@ -46,7 +47,7 @@ _OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torc
 
 
 def has_ops() -> bool:
-    """True when the compiled kernels are loaded (else every op runs its reference)."""
+    """True when the compiled kernels are loaded; False where the references were requested instead."""
     return _lib.load()
 
 
