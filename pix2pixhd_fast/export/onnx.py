@@ -1,10 +1,8 @@
 """ONNX export of the generator as one inference graph (label/instance ids in, image out), standard operators only.
 
-Exporter choice. The graph is exported with the TorchScript exporter (``dynamo=False``): it turns
-``dynamic_axes`` into symbolic batch/height/width without a ``torch.export`` dynamic-shape specification for every
-size constraint of the generator. Our operators reach the exporter as they are and become standard operators
-through their registered translations (:mod:`pix2pixhd_fast.onnx_ops`, which also serve ``dynamo=True`` for
-users exporting their own models):
+The graph is exported by the ``torch.export``-based exporter (``dynamo=True``) with symbolic batch and H/W as
+multiples of the generator's size multiple. Our operators reach the exporter as they are and become standard operators
+through their registered translations (:mod:`pix2pixhd_fast.onnx_ops`):
 
 ============================  ==========================================================================
 ours                          ONNX
@@ -24,7 +22,6 @@ default, compares onnxruntime's output with PyTorch's on the example input.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -50,8 +47,8 @@ __all__ = [
     "verify_onnx",
 ]
 
-DEFAULT_OPSET = 17  # InstanceNormalization, Pad(reflect) and dynamic Slice all fine; TensorRT 10 parses it
-MIN_OPSET = 15  # the operators' TorchScript symbolics use CastLike and Shape(start, end) (15+)
+DEFAULT_OPSET = 18  # the torch.export-based exporter's own opset; TensorRT 10 parses it
+MIN_OPSET = 18  # lower opsets would need the exporter's version conversion, which is not guaranteed to succeed
 METADATA_PREFIX = "pix2pixhd_fast."
 STANDARD_DOMAINS = frozenset({"", "ai.onnx"})
 _ID_DTYPES = {torch.int64: "int64", torch.int32: "int32"}
@@ -62,14 +59,10 @@ class ONNXVerificationError(RuntimeError):
 
 
 def max_opset() -> int:
-    """The highest opset both the TorchScript exporter and the installed ``onnx`` support."""
+    """The highest opset the installed ``onnx`` supports (the exporter converts its graph up to it)."""
     import onnx
 
-    try:
-        from torch.onnx._constants import ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET as torch_max
-    except ImportError:  # older/newer torch layouts: fall back to the widely supported default
-        torch_max = DEFAULT_OPSET
-    return min(int(torch_max), int(onnx.defs.onnx_opset_version()))
+    return int(onnx.defs.onnx_opset_version())
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -183,31 +176,11 @@ class _Positional(nn.Module):
 
     def __init__(self, graph: InferenceGraph):
         super().__init__()
-        self.graph = graph
+        self.inference = graph
         self.names = graph.input_names
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        return self.graph(**dict(zip(self.names, inputs, strict=True)))
-
-
-@contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
-    """Silence the warnings the export provokes by design (they do not point at a problem in this graph)."""
-    with warnings.catch_warnings():
-        # We use the TorchScript exporter on purpose (see the module docstring).
-        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", message="The feature will be removed", category=DeprecationWarning)
-        # InstanceNormalization always normalises with the per-instance statistics: "train=True" is the semantics.
-        warnings.filterwarnings(
-            "ignore", message=".*operator 'instance_norm' is set to train=True", category=UserWarning
-        )
-        # nn.InstanceNorm2d (ops="reference" generators) checks its input's rank and that H*W > 1 in Python on
-        # traced sizes: checks that cannot fail on a valid graph.
-        for module in ("torch.nn.modules.instancenorm", "torch.nn.functional"):
-            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=module)
-        # Reflection padding of dynamic sizes reverses slices (step -1), which the exporter cannot fold; fine.
-        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
-        yield
+        return self.inference(**dict(zip(self.names, inputs, strict=True)))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -238,7 +211,7 @@ def export_onnx(
         path: the ``.onnx`` file to write (its folder must exist); written atomically.
         label_nc, use_instance, feat_num: the input encoding (see :class:`InferenceGraph`); when taken from a
             model, values given here must agree with it.
-        opset: ONNX opset, ``MIN_OPSET`` .. :func:`max_opset` (default 17).
+        opset: ONNX opset, ``MIN_OPSET`` .. :func:`max_opset` (default 18).
         dynamic: symbolic batch, height and width on every input and the output (else the example's shape).
         example_size: ``(H, W)`` traced (multiples of the generator's size multiple); default a small valid size.
         batch_size: batch of the example input.
@@ -278,8 +251,16 @@ def export_onnx(
     inputs = example_inputs(graph, size, batch_size, id_dtype)
     graph._validate(**dict(zip(graph.input_names, inputs, strict=True)))  # not checked while tracing
     names = graph.input_names
-    axes = {0: "batch", 2: "height", 3: "width"}
-    dynamic_axes = {name: axes for name in [*names, "image"]} if dynamic else None
+    dynamic_shapes = None
+    if dynamic:
+        # H and W are multiples of the size multiple; at least two multiples (or the example's one), so that every
+        # reflection pad of the generator stays narrower than the feature map it pads.
+        m = graph.size_multiple
+        batch = torch.export.Dim("batch", min=1)
+        height = torch.export.Dim("height_blocks", min=min(2, size[0] // m))
+        width = torch.export.Dim("width_blocks", min=min(2, size[1] // m))
+        dims = {0: batch, 2: m * height, 3: m * width}
+        dynamic_shapes = (tuple(dims for _ in names),)  # one entry: _Positional's *inputs
     # Written beside the target, then renamed: no half-written model at ``path``.
     tmp = temp_path_beside(path, suffix=".tmp.onnx")
     try:
@@ -287,37 +268,34 @@ def export_onnx(
         # Restore each module's own mode afterwards (a fresh InferenceGraph is in training mode while the
         # generator it wraps may not be: graph.train(was_training) would flip the generator).
         modes = [(m, m.training) for m in graph.modules()]
-        graph.eval()
+        positional.eval()
         try:
             with torch.no_grad():
-                onnx_ops.register_torchscript_symbolics()
-                with _quiet_exporter():
-                    torch.onnx.export(
+                onnx_ops.register_onnx_translations()
+                with warnings.catch_warnings():
+                    # label/inst/feat share the batch, height and width dims; the exporter notes that it names each
+                    # once.
+                    warnings.filterwarnings("ignore", message="# The axis name", category=UserWarning)
+                    program = torch.onnx.export(
                         positional,
                         inputs,
-                        tmp,
-                        dynamo=False,
+                        dynamo=True,
                         opset_version=opset,
                         input_names=names,
                         output_names=["image"],
-                        dynamic_axes=dynamic_axes,
-                        do_constant_folding=True,
+                        dynamic_shapes=dynamic_shapes,
+                        verbose=False,
                     )
                 expected = positional(*inputs) if verify else None
         finally:
             for m, mode in modes:
                 m.training = mode
-        # Constant folding (the pads of ReflectionPad2d with symbolic sizes stay a Slice chain otherwise) and
-        # dead-node removal by onnxscript's optimizer.
-        # Constants become initializers (what converters such as the float16 one treat as parameters).
-        import onnx_ir as ir
-        import onnxscript.optimizer
+        # The exporter has run onnxscript's optimizer (constant folding, dead nodes); constants also become
+        # initializers, which converters such as the float16 one treat as parameters.
         from onnx_ir.passes.common import LiftConstantsToInitializersPass
 
-        model_ir = ir.from_proto(onnx.load(tmp))
-        onnxscript.optimizer.optimize(model_ir)
-        LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model_ir)
-        proto = ir.to_proto(model_ir)
+        LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(program.model)
+        proto = program.model_proto
         output_nc = proto.graph.output[0].type.tensor_type.shape.dim[1].dim_value
         meta = {
             "format": "1",
