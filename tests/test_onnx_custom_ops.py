@@ -101,7 +101,7 @@ class EveryOp(nn.Module):
         self.norm = InstanceNormAct(c, affine=True, negative_slope=0.2)
         self.norm_id = InstanceNormAct(c, negative_slope=1.0)
         self.norm_pad = InstanceNormActPad(c, affine=True, pad=2)
-        self.boundary = InstanceBoundary()
+        self.boundary = InstanceBoundary(torch.float64)
         self.pool = InstanceAvgPool()
 
     def forward(self, x, inst, label):
@@ -127,7 +127,7 @@ def test_every_op_translation_matches_eager(tmp_path, seed, dynamo):
     outs = _run_ort(tmp_path / "m.onnx", (x, inst, label))
     assert len(outs) == 4
     for out, ref in zip(outs, expected, strict=True):
-        assert out.shape == tuple(ref.shape)
+        assert out.shape == tuple(ref.shape) and out.dtype == ref.numpy().dtype
         np.testing.assert_allclose(out, ref.numpy(), atol=ATOL, rtol=0)
 
 
