@@ -17,15 +17,15 @@ Configurations (``--backends`` picks by key):
   (r) eager, bf16 autocast + channels-last, reference ops: what precision and layout alone give;
   (b) eager, bf16 autocast + channels-last, our fused ops (``vs_stock``: what our ops add over (r));
   (ac), (rc), (c): (a), (r), (b) through torch.compile (inductor, fullgraph; CUDA graphs on the GPU):
-      ``pix2pixhd_fast.infer``'s ``compile`` backend; (c) is also set against (rc). That backend compiles
+      ``pix2pixhd_fast.export.backends``' ``compile`` backend; (c) is also set against (rc). That backend compiles
       ``export.InferenceGraph``, which encodes the input with ``ops.encode_input`` whatever the model's ``--ops``:
       in (rc) and (ac) the generator's layers are stock, the input encoding (one op of the graph) is ours;
   (d) onnxruntime, fp32, the generator's ONNX export (CPU only: on a GPU machine it would time the host);
   (e) TensorRT, bf16, an engine built from that export (needs TensorRT and a GPU; else recorded as skipped, with the
       reason).
-Every backend is ``pix2pixhd_fast.infer.make_backend``'s, fed raw label/instance ids (the input encoding is part of
-each timed call). Label checks are off (``check_inputs = False``, as in training: the data pipeline checks labels,
-and the check would sync the GPU every call).
+Every backend is ``pix2pixhd_fast.export.backends.make_backend``'s, fed raw label/instance ids (the input encoding
+is part of each timed call). Label checks are off (``check_inputs = False``, as in training: the data pipeline
+checks labels, and the check would sync the GPU every call).
 
 Timing: ``setup`` (ONNX export and its check for (d)/(e)), the first call (compilation, engine build) and the rest of
 the warm-up are reported apart; then interleaved rounds (benchmarks/timing.py: the order rotates, ``--iters`` calls
@@ -65,7 +65,7 @@ from tables import fmt_t, infer_table, md_table, text_table  # noqa: E402
 from targets import infer_targets  # noqa: E402
 from timing import measure_interleaved, ratio_ci, summary  # noqa: E402
 
-from pix2pixhd_fast.infer import InferenceBackend, make_backend  # noqa: E402
+from pix2pixhd_fast.export.backends import InferenceBackend, make_backend  # noqa: E402
 from pix2pixhd_fast.models.pix2pixhd import Pix2PixHDModel  # noqa: E402
 from pix2pixhd_fast.options import parse_train  # noqa: E402
 from pix2pixhd_fast.train.trainer import resolve_amp  # noqa: E402
@@ -86,8 +86,8 @@ def problems_for(sizes: str) -> list[Problem]:
 
 @dataclass(frozen=True)
 class InferConfig:
-    """One way to run the generator: a backend of ``pix2pixhd_fast.infer`` on a model built with ``ops`` and
-    ``channels_last``, under ``amp`` (bf16 autocast) or fp32."""
+    """One way to run the generator: a backend of ``pix2pixhd_fast.export.backends`` on a model built with ``ops``
+    and ``channels_last``, under ``amp`` (bf16 autocast) or fp32."""
 
     key: str
     backend: str

@@ -190,7 +190,7 @@ def _parse_size(s: str) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Deployment: export and bench-infer (network options as in `test`, from options.test_parser)
+# Deployment: export (network options as in `test`, from options.test_parser)
 
 
 def _sizes_arg(text: str) -> list[tuple[int, int]]:
@@ -339,102 +339,6 @@ def _cmd_export(argv: list[str]) -> int:
     return 0
 
 
-def _bench_parser() -> argparse.ArgumentParser:
-    from .export import COMPILE_MODES
-    from .infer import BACKENDS
-    from .options import test_parser
-
-    p = test_parser()
-    p.prog = "pix2pixhd-fast bench-infer"
-    p.description = (
-        "Time the generator through the inference backends side by side on random inputs (network options as in "
-        "`test`; random weights unless --from_checkpoint). Backends that cannot run here are listed as skipped."
-    )
-    g = p.add_argument_group("bench-infer")
-    g.add_argument("--backends", default=",".join(BACKENDS), help=f"comma-separated, from {', '.join(BACKENDS)}")
-    g.add_argument("--sizes", type=_sizes_arg, default=[(256, 512)], help="HEIGHTxWIDTH sizes, comma-separated")
-    g.add_argument("--batch", type=int, default=1, help="batch size")
-    g.add_argument("--warmup", type=int, default=3, help="untimed calls first (compilation, engine build, tuning)")
-    g.add_argument("--iters", type=int, default=10, help="timed calls (the median is reported)")
-    g.add_argument("--compile_mode", default="default", choices=list(COMPILE_MODES), help="torch.compile mode")
-    g.add_argument("--from_checkpoint", action="store_true", help="load <checkpoints_dir>/<name>/<which_epoch>_net_G")
-    g.add_argument("--json", default=None, help="write the report as JSON here")
-    g.add_argument("--markdown", default=None, help="write the report as a markdown table here")
-    return p
-
-
-def _bench_infer(opt: argparse.Namespace) -> dict:
-    import copy
-    import os
-    import tempfile
-
-    import torch
-
-    from .infer import BACKENDS, benchmark_backends, benchmark_markdown, load_model
-    from .models.pix2pixhd import Pix2PixHDModel
-    from .train.trainer import resolve_amp, resolve_device
-
-    backends = [b.strip() for b in opt.backends.split(",") if b.strip()]
-    unknown = [b for b in backends if b not in BACKENDS]
-    if unknown or not backends:
-        raise ValueError(f"--backends: unknown {unknown or 'empty list'}; choose from {', '.join(BACKENDS)}")
-    for path in (opt.json, opt.markdown):
-        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-            raise FileNotFoundError(f"the folder of {path!r} does not exist")
-    if opt.num_threads > 0:
-        torch.set_num_threads(opt.num_threads)
-    device = resolve_device(opt)
-    amp = resolve_amp(opt.amp, device)
-    with tempfile.TemporaryDirectory(prefix="p2phd_bench_") as tmp:
-        if opt.from_checkpoint:
-            model = load_model(opt, device)
-            run_opt = opt
-        else:
-            torch.manual_seed(opt.seed)
-            model = Pix2PixHDModel(opt, is_train=False).eval().to(device)
-            if not opt.no_channels_last:
-                model.to(memory_format=torch.channels_last)
-            # Exports of random weights go to a scratch folder, never next to someone's checkpoints.
-            run_opt = copy.copy(opt)
-            run_opt.checkpoints_dir, run_opt.name, run_opt.which_epoch = tmp, "bench", "random"
-            os.makedirs(os.path.join(tmp, "bench"))
-        report = benchmark_backends(
-            model,
-            run_opt,
-            device,
-            amp,
-            backends=backends,
-            sizes=opt.sizes,
-            batch=opt.batch,
-            warmup=opt.warmup,
-            iters=opt.iters,
-            seed=opt.seed,
-            compile_mode=opt.compile_mode,
-        )
-    text = benchmark_markdown(report)
-    from .utils.files import atomic_write_text
-
-    if opt.json:
-        atomic_write_text(opt.json, json.dumps(report, indent=1))
-    if opt.markdown:
-        atomic_write_text(opt.markdown, text)
-    print(text, end="")
-    return report
-
-
-def _cmd_bench_infer(argv: list[str]) -> int:
-    from .export.tensorrt import EngineBuildError, TensorRTUnavailableError
-    from .options import finalize
-
-    opt = _bench_parser().parse_args(argv)
-    try:
-        _bench_infer(finalize(opt))
-    except (ValueError, TypeError, OSError, ImportError, TensorRTUnavailableError, EngineBuildError) as e:
-        print(f"pix2pixhd-fast bench-infer: error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Instance features: encode-features and precompute-feature-maps (pix2pixhd_fast.features)
 
@@ -454,7 +358,7 @@ def _cmd_features(command: str, argv: list[str]) -> int:
 
 
 # Commands that take the reference's full option set are parsed by their own parsers (see options.py).
-_PASSTHROUGH = {"train": _cmd_train, "test": _cmd_test, "export": _cmd_export, "bench-infer": _cmd_bench_infer}
+_PASSTHROUGH = {"train": _cmd_train, "test": _cmd_test, "export": _cmd_export}
 
 _PASSTHROUGH["encode-features"] = lambda argv: _cmd_features("encode-features", argv)
 _PASSTHROUGH["precompute-feature-maps"] = lambda argv: _cmd_features("precompute-feature-maps", argv)
@@ -473,9 +377,6 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("test", help="generate images with a trained model (reference test.py options)", add_help=False)
     sub.add_parser(
         "export", help="write a trained generator as ONNX or a TensorRT engine (see export --help)", add_help=False
-    )
-    sub.add_parser(
-        "bench-infer", help="time the inference backends side by side (see bench-infer --help)", add_help=False
     )
     sub.add_parser(
         "encode-features",

@@ -133,8 +133,9 @@ def render_styles(opt, clusters, out_dir: str, seeds=_STYLE_SEEDS) -> tuple[list
     import torch
 
     from .data import Pix2PixHDDataset, colorize_label, to_uint8_image
+    from .export.backends import EagerBackend
     from .features import feature_map
-    from .infer import EagerBackend, load_model
+    from .infer import load_model
     from .train.trainer import resolve_amp, resolve_device
     from .train.visualizer import save_image
 

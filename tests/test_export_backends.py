@@ -1,4 +1,4 @@
-"""Inference backends: torch.compile, onnxruntime and TensorRT against eager; the export and bench-infer commands.
+"""Inference backends: torch.compile, onnxruntime and TensorRT against eager; the export command.
 
 Independent expectations: every backend is compared with the eager generator (itself checked against the
 reference implementation elsewhere) on the same inputs; the mixed-precision ONNX graph is run by onnxruntime (fp16)
@@ -49,7 +49,7 @@ from pix2pixhd_fast.export import (  # noqa: E402
 )
 from pix2pixhd_fast.export import compiled as compiled_mod  # noqa: E402
 from pix2pixhd_fast.export import tensorrt as trt_mod  # noqa: E402
-from pix2pixhd_fast.infer import EagerBackend, benchmark_backends, make_backend  # noqa: E402
+from pix2pixhd_fast.export.backends import EagerBackend, make_backend  # noqa: E402
 from pix2pixhd_fast.models import Pix2PixHDModel, define_G  # noqa: E402
 from pix2pixhd_fast.options import parse_test  # noqa: E402
 
@@ -856,42 +856,3 @@ def test_cli_test_tensorrt_backend_gives_the_eager_images(trained, capsys):
     assert os.path.isfile(os.path.join(ckpt, "tiny", "latest_net_G.fp32.engine.json"))
     for k, img in images["tensorrt"].items():
         assert np.abs(img - images["eager"][k]).max() <= 2
-
-
-# ----------------------------------------------------------------------------------------------------
-# bench-infer
-
-
-def test_cli_bench_infer_on_cpu(tmp_path, capsys):
-    out_json, out_md = tmp_path / "bench.json", tmp_path / "bench.md"
-    args = ["bench-infer", *NET, "--device", "cpu", "--num_threads", "1", "--amp", "off", "--no_channels_last",
-            "--sizes", "32x64", "--warmup", "1", "--iters", "2", "--json", str(out_json),
-            "--markdown", str(out_md)]  # fmt: skip
-    assert cli.main(args) == 0
-    printed = capsys.readouterr().out
-    report = json.loads(out_json.read_text())
-    assert out_md.read_text() == printed
-    rows = {r["backend"]: r for r in report["results"]}
-    assert list(rows) == ["eager", "compile", "onnxruntime", "tensorrt"]
-    for name in ("eager", "compile", "onnxruntime"):
-        r = rows[name]
-        assert r["status"] == "ok" and r["size"] == "32x64" and r["median_ms"] > 0 and r["min_ms"] <= r["median_ms"]
-        assert r["max_abs_diff_vs_eager"] <= 1e-4 and r["speedup_vs_eager"] > 0
-    assert rows["tensorrt"]["status"] == "skipped" and rows["tensorrt"]["reason"]  # no GPU here (device cpu)
-    assert "| tensorrt | 32x64 |" in printed and "skipped" in printed
-    assert report["device"] == "cpu" and report["network"]["ngf"] == 8
-    assert sorted(os.listdir(tmp_path)) == ["bench.json", "bench.md"]  # random weights export to a scratch folder
-    assert cli.main(["bench-infer", *NET, "--backends", "eager,tvm", "--device", "cpu"]) == 2
-    assert "tvm" in capsys.readouterr().err
-
-
-def test_benchmark_backends_bad_arguments():
-    opt = parse_test(NET)
-    model = Pix2PixHDModel(opt, is_train=False).eval()
-    cpu = torch.device("cpu")
-    with pytest.raises(ValueError, match="unknown backend"):
-        benchmark_backends(model, opt, cpu, None, backends=["tvm"])
-    with pytest.raises(ValueError, match="multiples of 4"):
-        benchmark_backends(model, opt, cpu, None, backends=["eager"], sizes=[(30, 64)])
-    with pytest.raises(ValueError, match="iters"):
-        benchmark_backends(model, opt, cpu, None, backends=["eager"], iters=0)
