@@ -66,7 +66,7 @@ _DT_NAME = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"
 
 @functools.lru_cache(maxsize=64)
 def _scene(h: int, w: int, seed: int, b: int) -> tuple[np.ndarray, np.ndarray]:
-    label, inst, _image = render_scene(np.random.default_rng([seed, b]), w, h)
+    label, inst, _image = render_scene(np.random.default_rng([seed, b]), h, w)
     return label, inst
 
 

@@ -67,7 +67,7 @@ def _cmd_check_ops(args: argparse.Namespace) -> int:
               file=sys.stderr)  # fmt: skip
         return 2
     # A synthetic street scene (Cityscapes ids; cars, people, ... as instances class * 1000 + k).
-    label_np, inst_np, _ = render_scene(np.random.default_rng(args.seed), w, h)
+    label_np, inst_np, _ = render_scene(np.random.default_rng(args.seed), h, w)
     label = torch.from_numpy(label_np.astype(np.int32))[None, None].to(device)
     inst = torch.from_numpy(inst_np)[None, None].to(device)
     feat = torch.randn(n, 3, h, w, generator=g).to(device)
@@ -162,8 +162,7 @@ def _cmd_make_synthetic(args: argparse.Namespace) -> int:
             if getattr(args, name) < low:
                 raise ValueError(f"--{name} must be >= {low}, got {getattr(args, name)}")
         check_output_folder(args.out, "--out")
-        # The library's size argument is (width, height), as PIL's.
-        summary = make_synthetic_dataset(args.out, n=args.n, size=(width, height), seed=args.seed, n_test=args.n_test)
+        summary = make_synthetic_dataset(args.out, n=args.n, size=(height, width), seed=args.seed, n_test=args.n_test)
     except KeyboardInterrupt:
         return _interrupted("make-synthetic")
     except _USER_ERRORS as e:

@@ -30,10 +30,10 @@ import time
 
 __all__ = ["run_demo", "run_demo_seeds", "demo_train_args", "demo_test_args"]
 
-# Sizes picked so that 2 CPU cores train each model in about 4.5 minutes: 256x128 scenes, a global generator with 32
+# Sizes picked so that 2 CPU cores train each model in about 4.5 minutes: 128x256 scenes, a global generator with 32
 # filters and 3 downsamplings, 2 discriminator scales; instance features (3 channels) from the encoder, pooled per
 # instance by instance_avg_pool. No VGG loss: its weights are not shipped (no downloads).
-_SIZE = (256, 128)
+_SIZE = (128, 256)  # HEIGHT, WIDTH
 _STYLE_SEEDS = (0, 1, 2, 3)
 
 

@@ -85,9 +85,9 @@ def restore_threads():
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> str:
-    """4 train + 2 test synthetic street scenes of 64x32 (Cityscapes ids, instance maps with cars, photos)."""
+    """4 train + 2 test synthetic street scenes of 32x64 (Cityscapes ids, instance maps with cars, photos)."""
     from pix2pixhd_fast.data import make_synthetic_dataset
 
     root = str(tmp_path_factory.mktemp("synthetic"))
-    make_synthetic_dataset(root, n=4, size=(64, 32), seed=0, n_test=2)
+    make_synthetic_dataset(root, n=4, size=(32, 64), seed=0, n_test=2)
     return root

@@ -177,7 +177,7 @@ def test_compile_backend_cuda_graphs_matches_eager(tmp_path, amp, seed):
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("backends")
     data, ckpt = str(root / "data"), str(root / "ckpt")
-    make_synthetic_dataset(data, n=2, size=(64, 32), seed=0, n_test=2)
+    make_synthetic_dataset(data, n=2, size=(32, 64), seed=0, n_test=2)
     args = [
         "--name", "tiny", "--dataroot", data, "--checkpoints_dir", ckpt, "--resize_or_crop", "none", *NET,
         "--ndf", "8", "--num_D", "1", "--n_layers_D", "2", "--no_vgg_loss", "--nThreads", "0", "--no_progress",

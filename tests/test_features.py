@@ -431,7 +431,7 @@ def last_json(text: str) -> dict:
 
 def test_cli_train_encode_test_sample_and_edit(tmp_path, capsys):
     root = str(tmp_path / "data")
-    make_synthetic_dataset(root, n=4, size=(64, 32), seed=0, n_test=2)
+    make_synthetic_dataset(root, n=4, size=(32, 64), seed=0, n_test=2)
     ckpt = tmp_path / "ckpt"
     base = net_args(root, ckpt)
     train = ["--ndf", "8", "--num_D", "1", "--n_layers_D", "2", "--no_vgg_loss", "--no_progress", "--niter", "1",
@@ -500,7 +500,7 @@ def test_cli_train_encode_test_sample_and_edit(tmp_path, capsys):
 
 def test_cli_precompute_feature_maps_feed_load_features_training(tmp_path, capsys):
     root = str(tmp_path / "data")
-    make_synthetic_dataset(root, n=2, size=(64, 32), seed=1, n_test=1)
+    make_synthetic_dataset(root, n=2, size=(32, 64), seed=1, n_test=1)
     ckpt = tmp_path / "ckpt"
     base = net_args(root, ckpt, "pre")
     train = ["--ndf", "8", "--num_D", "1", "--n_layers_D", "2", "--no_vgg_loss", "--no_progress", "--no_html",

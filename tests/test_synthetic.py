@@ -22,13 +22,13 @@ SCENE_W, SCENE_H = 128, 64
 
 @pytest.fixture(scope="module")
 def scenes():
-    return [render_scene(np.random.default_rng(s), SCENE_W, SCENE_H) for s in range(8)]
+    return [render_scene(np.random.default_rng(s), SCENE_H, SCENE_W) for s in range(8)]
 
 
 def test_render_scene_is_deterministic_and_seed_dependent():
-    a = render_scene(np.random.default_rng(11), 96, 48)
-    b = render_scene(np.random.default_rng(11), 96, 48)
-    c = render_scene(np.random.default_rng(12), 96, 48)
+    a = render_scene(np.random.default_rng(11), 48, 96)
+    b = render_scene(np.random.default_rng(11), 48, 96)
+    c = render_scene(np.random.default_rng(12), 48, 96)
     for x, y in zip(a, b, strict=True):
         assert np.array_equal(x, y)
     assert not np.array_equal(a[0], c[0]) and not np.array_equal(a[2], c[2])
@@ -100,7 +100,7 @@ def test_each_car_has_its_own_paint(scenes):
 
 
 def test_make_synthetic_dataset_is_byte_deterministic(tmp_path):
-    kw = {"n": 3, "n_test": 1, "size": (64, 32)}
+    kw = {"n": 3, "n_test": 1, "size": (32, 64)}
     s1 = make_synthetic_dataset(tmp_path / "a", seed=5, **kw)
     make_synthetic_dataset(tmp_path / "b", seed=5, **kw)
     make_synthetic_dataset(tmp_path / "c", seed=6, **kw)
@@ -110,18 +110,18 @@ def test_make_synthetic_dataset_is_byte_deterministic(tmp_path):
     same = [(tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files]
     differ = [(tmp_path / "a" / f).read_bytes() != (tmp_path / "c" / f).read_bytes() for f in files]
     assert all(same) and all(differ)
-    assert s1["phases"] == {"train": 3, "test": 1} and s1["label_nc"] == 35 and s1["size"] == [64, 32]
+    assert s1["phases"] == {"train": 3, "test": 1} and s1["label_nc"] == 35 and s1["size"] == [32, 64]
     assert s1["instances"]["car"] >= 2 * 4
     saved = json.loads((tmp_path / "a" / "synthetic.json").read_text())
     assert saved == {k: v for k, v in s1.items() if k != "seconds"}
     # Scenes depend on (seed, phase, index) only: a larger dataset starts with the same files.
-    make_synthetic_dataset(tmp_path / "d", seed=5, n=4, n_test=0, size=(64, 32))
+    make_synthetic_dataset(tmp_path / "d", seed=5, n=4, n_test=0, size=(32, 64))
     f = "train_img/synth_000002_leftImg8bit.png"
     assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "d" / f).read_bytes()
 
 
 def test_synthetic_output_loads_as_a_dataset(tmp_path):
-    make_synthetic_dataset(tmp_path, n=2, n_test=1, size=(64, 32), seed=1)
+    make_synthetic_dataset(tmp_path, n=2, n_test=1, size=(32, 64), seed=1)
     ds = Pix2PixHDDataset(tmp_path, label_nc=35, resize_or_crop="none", n_downsample=2)
     assert len(ds) == 2
     item = ds[(0, 0)]
@@ -131,19 +131,21 @@ def test_synthetic_output_loads_as_a_dataset(tmp_path):
 
 
 def test_overwrite_and_bad_arguments(tmp_path):
-    make_synthetic_dataset(tmp_path, phases={"train": 1}, size=(64, 32))
+    make_synthetic_dataset(tmp_path, phases={"train": 1}, size=(32, 64))
     with pytest.raises(ValueError, match="overwrite"):
-        make_synthetic_dataset(tmp_path, phases={"train": 1}, size=(64, 32))
-    make_synthetic_dataset(tmp_path, phases={"train": 1}, size=(64, 32), seed=3, overwrite=True)
+        make_synthetic_dataset(tmp_path, phases={"train": 1}, size=(32, 64))
+    make_synthetic_dataset(tmp_path, phases={"train": 1}, size=(32, 64), seed=3, overwrite=True)
     assert len(list((tmp_path / "train_img").iterdir())) == 1
     with pytest.raises(ValueError, match="size"):
         make_synthetic_dataset(tmp_path / "x", n=1, size=(8, 8))
+    with pytest.raises(ValueError, match=r"\(height >= 16, width >= 32\).*did you mean \(16, 64\)"):
+        make_synthetic_dataset(tmp_path / "x", n=1, size=(64, 16))
     with pytest.raises(ValueError, match="seed"):
         make_synthetic_dataset(tmp_path / "x", n=1, seed=-1)
     with pytest.raises(TypeError, match="Generator"):
-        render_scene(0, 64, 32)
+        render_scene(0, 32, 64)
     with pytest.raises(ValueError, match="height"):
-        render_scene(np.random.default_rng(0), 64, 4)
+        render_scene(np.random.default_rng(0), 4, 64)
 
 
 def test_parse_size():

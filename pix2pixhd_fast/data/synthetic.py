@@ -644,12 +644,12 @@ def _renumber_instances(inst: np.ndarray) -> np.ndarray:
     return lut[inst]
 
 
-def render_scene(rng: np.random.Generator, width: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def render_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Render one street scene.
 
     Args:
         rng: the generator everything is drawn from (same state -> same scene, bit for bit).
-        width, height: image size in pixels (at least 32 x 16).
+        height, width: image size in pixels (at least 16 x 32).
 
     Returns:
         ``(label uint8[H, W], inst int32[H, W], image uint8[H, W, 3])``: Cityscapes labelIds, instance ids
@@ -657,7 +657,7 @@ def render_scene(rng: np.random.Generator, width: int, height: int) -> tuple[np.
     """
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-    for name, v, lo in (("width", width, 32), ("height", height, 16)):
+    for name, v, lo in (("height", height, 16), ("width", width, 32)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
             raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
     return _Scene(rng, int(width), int(height)).render()
@@ -679,7 +679,7 @@ def _scene_rng(seed: int, phase: str, index: int) -> np.random.Generator:
 def make_synthetic_dataset(
     out_dir: str | os.PathLike[str],
     n: int = 200,
-    size: tuple[int, int] = (256, 128),
+    size: tuple[int, int] = (128, 256),
     seed: int = 0,
     n_test: int | None = None,
     phases: Mapping[str, int] | None = None,
@@ -694,7 +694,7 @@ def make_synthetic_dataset(
     Args:
         out_dir: destination folder (created).
         n: training scenes.
-        size: ``(width, height)``.
+        size: ``(height, width)``, the order of torch shapes (at least 16 x 32).
         seed: base seed (>= 0); same seed -> same files, byte for byte.
         n_test: test scenes (default ``max(1, n // 10)``).
         phases: ``{phase: count}``, replacing ``n``/``n_test`` (e.g. ``{"train": 8, "val": 2}``).
@@ -704,7 +704,7 @@ def make_synthetic_dataset(
         Summary dict: ``out_dir``, ``size``, ``seed``, ``label_nc`` (35), ``phases``, ``instances``
         (objects per thing class name), ``seconds``.
     """
-    width, height = size
+    height, width = size
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     if phases is None:
@@ -719,7 +719,9 @@ def make_synthetic_dataset(
         or not isinstance(height, int)
         or height < 16
     ):
-        raise ValueError(f"size must be (width >= 32, height >= 16) ints, got {size!r}")
+        swapped = isinstance(width, int) and isinstance(height, int) and width >= 16 and height >= 32
+        flipped = f" (did you mean ({width}, {height})?)" if swapped else ""
+        raise ValueError(f"size must be (height >= 16, width >= 32) ints, got {size!r}{flipped}")
     out = Path(out_dir)
     folders = {(p, kind): out / f"{p}_{kind}" for p in phases for kind in SYNTHETIC_FILE_SUFFIXES}
     for folder in folders.values():
@@ -736,7 +738,7 @@ def make_synthetic_dataset(
         folder.mkdir(parents=True, exist_ok=True)
     for phase, count in phases.items():
         for i in range(count):
-            label, inst, image = render_scene(_scene_rng(seed, phase, i), width, height)
+            label, inst, image = render_scene(_scene_rng(seed, phase, i), height, width)
             name = f"synth_{i:06d}"
             Image.fromarray(label).save(folders[phase, "label"] / f"{name}{SYNTHETIC_FILE_SUFFIXES['label']}.png")
             Image.fromarray(inst.astype(np.uint16)).save(
@@ -750,7 +752,7 @@ def make_synthetic_dataset(
                 counts[things[int(c)]] += 1
     summary = {
         "out_dir": str(out),
-        "size": [width, height],
+        "size": [height, width],
         "seed": seed,
         "label_nc": CITYSCAPES_LABEL_NC,
         "phases": dict(phases),
