@@ -5,8 +5,9 @@
   onnxruntime; :func:`check_onnx_graph_ops` lists its operators and rejects custom domains.
 - :class:`OnnxRuntimeGenerator`: runs an exported file on numpy arrays or torch CPU tensors.
 - :func:`compile_generator`: the graph through ``torch.compile`` (inductor; CUDA graphs on the GPU).
-- :func:`build_engine` / :class:`TensorRTGenerator`: a TensorRT engine from the ONNX file (fp32/fp16/bf16 with
-  instance norm in fp32) and its runtime on torch CUDA tensors; ``tensorrt`` is imported only when used.
+- :func:`mixed_precision_onnx`: the exported graph with fp16/bf16 convolutions and instance norm in fp32.
+- :func:`build_engine` / :class:`TensorRTGenerator` (experimental): a TensorRT engine from the ONNX file and its
+  runtime on torch CUDA tensors; ``tensorrt`` is imported only when used.
 - :mod:`~pix2pixhd_fast.export.backends`: the inference backends of a trained model (eager, compile, onnxruntime,
   TensorRT), one adapter each.
 - :func:`onnx_translation_table`: our operators' ONNX translations (registered with both ``torch.onnx`` exporters
@@ -29,15 +30,14 @@ from .onnx import (
     max_opset,
     verify_onnx,
 )
+from .precision import PRECISIONS, mixed_precision_onnx
 from .runtime import OnnxRuntimeGenerator
 from .tensorrt import (
-    PRECISIONS,
     EngineBuildError,
     ShapeProfile,
     TensorRTGenerator,
     TensorRTUnavailableError,
     build_engine,
-    mixed_precision_onnx,
     parse_sizes,
     profiles_for_sizes,
     read_sidecar,

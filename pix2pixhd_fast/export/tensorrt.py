@@ -1,48 +1,25 @@
-"""TensorRT engines from the exported ONNX generator: a builder and a runtime on torch CUDA tensors.
+"""TensorRT engines from the exported ONNX generator: a builder and a runtime on torch CUDA tensors (experimental).
 
-Written against the current TensorRT Python API (10.x and 11.x), imported lazily: without the ``tensorrt`` package
-or a CUDA GPU every entry point raises :class:`TensorRTUnavailableError` saying what to install
-(``pip install tensorrt``, or ``pip install 'pix2pixhd_fast[tensorrt]'``).
+Written against TensorRT's Python API (>= 10), imported lazily: without the ``tensorrt`` package or a CUDA GPU
+every entry point raises :class:`TensorRTUnavailableError` saying what to install (``pip install tensorrt``, or
+``pip install 'pix2pixhd_fast[tensorrt]'``).
 
-Precision: a strongly typed network with the precision in the ONNX graph
---------------------------------------------------------------------------
-TensorRT 10 offered two ways to build reduced precision:
+Precision lives in the ONNX graph (:func:`~pix2pixhd_fast.export.precision.mixed_precision_onnx`: convolutions in
+fp16/bf16, instance norms in fp32) and the network is *strongly typed*, so TensorRT keeps exactly those types. The
+weak-typing alternative (``BuilderFlag.FP16``/``BF16`` plus per-layer precisions under
+``OBEY_PRECISION_CONSTRAINTS``) is deprecated in TensorRT 10 and removed in 11, where strong typing is always on.
+bf16 graphs are opset 22, which TensorRT's parser reads from 10.x on.
 
-- *weak typing*: ``BuilderFlag.FP16`` / ``BuilderFlag.BF16`` let the builder pick lower-precision kernels wherever it
-  likes; per-layer ``layer.precision`` / ``layer.set_output_type`` plus ``BuilderFlag.OBEY_PRECISION_CONSTRAINTS``
-  pin chosen layers (e.g. the normalisations) to FP32. Deprecated since TensorRT 10.12 and **removed in 11.x** (the
-  flags, ``OBEY_PRECISION_CONSTRAINTS`` and layer precisions are gone).
-- *strong typing* (``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` in 10.x, always on in 11.x, where the flag is
-  accepted and ignored): every tensor's type follows from the network's input types, its ``Cast`` layers and the
-  weights' types; the builder never changes a type.
+Profiles: one per size the user names (batch ``1..max_batch``, H and W fixed: the fastest kernels per resolution), or
+one spanning them (``dynamic=True``), shared by ``label``, ``inst`` and ``feat``. A timing cache file is loaded when
+it exists and saved after the build, so a rebuild on the same GPU skips kernel timing already done. The engine is
+written atomically, then a JSON sidecar (``<engine>.json``, :func:`read_sidecar`) with the inputs/outputs, profiles,
+precision, TensorRT version, GPU and the generator's encoding (label_nc, feat_num, ...), which the runtime checks
+its inputs against.
 
-Only the second works on both majors, and it states the precision exactly, so the builder uses it:
-:func:`mixed_precision_onnx` converts the fp32 export into a mixed-precision graph with onnxconverter-common:
-convolution weights, activations, one-hot and boundary maps in fp16/bf16; every ``InstanceNormalization`` runs in
-**fp32** between two ``Cast`` nodes (on the converter's block list). Instance norm reduces over H*W (up to 2M
-pixels at 2048x1024): its mean/variance lose accuracy (and the sum of squares overflows fp16's 65504) in half
-precision, while the convolutions around it are as accurate in
-fp16/bf16 with fp32 accumulation, which TensorRT's tensor-core kernels use. The graph's interface stays as in fp32:
-``feat`` goes in as float32 and the image comes out as float32 (one cast of 3 channels at the end). bf16 convolutions
-need ONNX opset 22 (earlier opsets do not list bfloat16 for Conv), so a bf16 graph is converted to opset 22 first:
-its parser needs TensorRT >= 10.x with opset-22 support (11.x parses opsets up to 25).
-
-Profiles, cache, files
-----------------------
-One optimization profile per size the user names (batch ``1..max_batch``, H and W fixed: the fastest kernels per
-resolution), or one profile spanning them (``dynamic=True``); the same N/H/W applies to ``label``, ``inst`` and
-``feat``. A timing cache file is loaded when it exists and saved after the build, so rebuilding (another size, another
-precision) skips kernel timing already done on this GPU. The serialized engine is written atomically, then a JSON
-sidecar (``<engine>.json``, see :func:`read_sidecar`) describing the inputs/outputs (names, dtypes, shapes), the
-profiles, the precision, the TensorRT version, the GPU and the generator's encoding (label_nc, feat_num, ...); the
-runtime checks its inputs against it.
-
-Runtime
--------
-:class:`TensorRTGenerator` deserializes the engine and runs it on torch CUDA tensors on the current CUDA stream:
-input shapes with ``IExecutionContext.set_input_shape``, tensors bound by address (``set_tensor_address`` with
-``data_ptr()``: no copies), the output allocated by torch, ``execute_async_v3(stream)``; no host synchronisation
-(unless ``check=True`` verifies label values).
+:class:`TensorRTGenerator` binds torch CUDA tensors by address (``set_tensor_address``: no copies), allocates the
+output with torch and enqueues with ``execute_async_v3`` on the current CUDA stream; no host synchronisation unless
+``check=True`` verifies label values.
 """
 
 from __future__ import annotations
@@ -63,9 +40,9 @@ import torch
 
 from ..utils.files import atomic_write_bytes
 from .onnx import METADATA_PREFIX, check_output_path
+from .precision import PRECISIONS, _check_precision, _load_onnx, mixed_precision_onnx
 
 __all__ = [
-    "PRECISIONS",
     "INSTALL_HINT",
     "SIDECAR_FORMAT",
     "TensorRTUnavailableError",
@@ -75,7 +52,6 @@ __all__ = [
     "tensorrt_status",
     "parse_sizes",
     "profiles_for_sizes",
-    "mixed_precision_onnx",
     "build_engine",
     "sidecar_path",
     "write_sidecar",
@@ -83,13 +59,11 @@ __all__ = [
     "TensorRTGenerator",
 ]
 
-PRECISIONS = ("fp32", "fp16", "bf16")
 INSTALL_HINT = (
     "install TensorRT with `pip install tensorrt` (or `pip install 'pix2pixhd_fast[tensorrt]'`); it needs an NVIDIA "
     "GPU with its driver"
 )
 SIDECAR_FORMAT = 1
-BF16_MIN_OPSET = 22  # first ONNX opset whose Conv/ConvTranspose/AveragePool/InstanceNormalization accept bfloat16
 _MIN_TRT_MAJOR = 10
 
 
@@ -261,144 +235,28 @@ def profiles_for_sizes(
 
 
 # ----------------------------------------------------------------------------------------------------
-# ONNX inspection and the mixed-precision rewrite
+# What the builder reads from the ONNX graph
 
 
-@dataclass(frozen=True)
-class _OnnxInput:
-    name: str
-    elem_type: int  # onnx.TensorProto data type
-    dims: tuple[int | None, ...]  # None: symbolic
-
-
-def _load_onnx(model_or_path: Any) -> Any:
-    import onnx
-
-    if isinstance(model_or_path, onnx.ModelProto):
-        return model_or_path
-    if not isinstance(model_or_path, (str, os.PathLike)):
-        raise TypeError(f"expected an ONNX path or onnx.ModelProto, got {type(model_or_path).__name__}")
-    path = os.fspath(model_or_path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no ONNX file {path!r} (export one with `pix2pixhd-fast export --format onnx`)")
-    try:
-        return onnx.load(path)
-    except Exception as e:  # protobuf DecodeError and friends: not a model file
-        raise ValueError(f"{path!r} is not a readable ONNX model: {e}") from e
-
-
-def _onnx_inputs(model: Any) -> list[_OnnxInput]:
-    init = {i.name for i in model.graph.initializer}
-    out = []
+def _input_channels(model: Any) -> dict[str, int]:
+    """``{input name: C}`` of the graph's ``[N, C, H, W]`` inputs: the profiles give N, H and W per input; TensorRT
+    checks the rest (dtypes when parsing, static dimensions when a profile is added)."""
+    weights = {i.name for i in model.graph.initializer}  # old-style models list weights as inputs
+    channels = {}
     for vi in model.graph.input:
-        if vi.name in init:  # old-style models list weights as inputs
+        if vi.name in weights:
             continue
-        t = vi.type.tensor_type
-        dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
-        out.append(_OnnxInput(vi.name, t.elem_type, dims))
-    return out
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims) != 4 or not dims[1].HasField("dim_value"):
+            raise ValueError(f"ONNX input {vi.name!r} is not [N, C, H, W] with a fixed C, as the generator's are")
+        channels[vi.name] = dims[1].dim_value
+    if not channels:
+        raise ValueError("the ONNX graph has no inputs")
+    return channels
 
 
 def _onnx_metadata(model: Any) -> dict[str, str]:
     return {p.key[len(METADATA_PREFIX) :]: p.value for p in model.metadata_props if p.key.startswith(METADATA_PREFIX)}
-
-
-def _opset(model: Any) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-
-
-def mixed_precision_onnx(model_or_path: Any, precision: str) -> Any:
-    """The generator graph in fp16 or bf16 with every ``InstanceNormalization`` kept in fp32 (a new ModelProto).
-
-    fp16 is onnxconverter-common's ``convert_float_to_float16`` with ``InstanceNormalization`` on its block list
-    (the converter casts the norm's input to fp32 and its output back) and ``keep_io_types`` (``feat`` goes in and
-    the image comes out as float32). bf16 is that graph with its float16 tensors retyped to bfloat16 (the converter
-    has no bf16 target), after raising the opset to 22, the first that allows bfloat16 convolutions. The result
-    passes ``onnx.checker`` with full type inference. Integer tensors (ids, shapes) are untouched.
-
-    Args:
-        model_or_path: an fp32 ``onnx.ModelProto`` or a path to one (as written by
-            :func:`~pix2pixhd_fast.export.export_onnx`); not modified.
-        precision: ``"fp16"`` or ``"bf16"`` (``"fp32"`` returns an unchanged copy).
-
-    Raises:
-        ValueError: unknown precision, or float16/bfloat16 already present.
-    """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-    from onnxconverter_common import float16
-
-    precision = _check_precision(precision)
-    src = _load_onnx(model_or_path)
-    model = onnx.ModelProto()
-    model.CopyFrom(src)
-    if precision == "fp32":
-        return model
-    half_types = {TensorProto.FLOAT16, TensorProto.BFLOAT16}
-    graph = model.graph
-    if any(i.data_type in half_types for i in graph.initializer) or any(
-        vi.type.tensor_type.elem_type in half_types for vi in [*graph.input, *graph.output]
-    ):
-        raise ValueError("mixed_precision_onnx: the model already holds float16/bfloat16 tensors; pass the fp32 export")
-    block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | {"InstanceNormalization"})
-    model = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=block)
-    # The norms' scale/bias stay the fp32 originals: the converter rounds parameters it reaches through a Cast to
-    # float16 and casts them back, which would lose precision for nothing.
-    fp32_params = {i.name: i for i in src.graph.initializer if i.data_type == TensorProto.FLOAT}
-    producers = {o: n for n in model.graph.node for o in n.output}
-    dropped = set()
-    for node in model.graph.node:
-        if node.op_type != "InstanceNormalization":
-            continue
-        for k in (1, 2):
-            cast = producers.get(node.input[k])
-            if cast is not None and cast.op_type == "Cast" and cast.input[0] in fp32_params:
-                name = cast.input[0] + "_fp32"
-                if name not in {i.name for i in model.graph.initializer}:
-                    kept = onnx.TensorProto()
-                    kept.CopyFrom(fp32_params[cast.input[0]])
-                    kept.name = name
-                    model.graph.initializer.append(kept)
-                node.input[k] = name
-                dropped.add(id(cast))
-    used = {i for n in model.graph.node if id(n) not in dropped for i in n.input}
-    keep = [n for n in model.graph.node if id(n) not in dropped or any(o in used for o in n.output)]
-    del model.graph.node[:]
-    model.graph.node.extend(keep)
-    # The converter types the outputs of the graph's own Cast(to=FLOAT) nodes (one-hot, boundary) as float16 but
-    # leaves their target type: make the casts agree.
-    types = {vi.name: vi.type.tensor_type.elem_type for vi in model.graph.value_info}
-    for node in model.graph.node:
-        if node.op_type == "Cast" and types.get(node.output[0]) == TensorProto.FLOAT16:
-            for attr in node.attribute:
-                if attr.name == "to" and attr.i == TensorProto.FLOAT:
-                    attr.i = TensorProto.FLOAT16
-    if precision == "bf16":
-        if _opset(model) < BF16_MIN_OPSET:
-            from onnx import version_converter
-
-            model = version_converter.convert_version(model, BF16_MIN_OPSET)
-        bf16_np = helper.tensor_dtype_to_np_dtype(TensorProto.BFLOAT16)
-
-        def retype(t: Any) -> None:
-            if t.data_type == TensorProto.FLOAT16:
-                t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype("float32").astype(bf16_np), t.name))
-
-        for init in model.graph.initializer:
-            retype(init)
-        for node in model.graph.node:
-            for attr in node.attribute:
-                if node.op_type == "Cast" and attr.name == "to" and attr.i == TensorProto.FLOAT16:
-                    attr.i = TensorProto.BFLOAT16
-                elif attr.type == onnx.AttributeProto.TENSOR:
-                    retype(attr.t)
-        for vi in model.graph.value_info:
-            if vi.type.tensor_type.elem_type == TensorProto.FLOAT16:
-                vi.type.tensor_type.elem_type = TensorProto.BFLOAT16
-    entry = model.metadata_props.add()
-    entry.key, entry.value = METADATA_PREFIX + "precision", precision
-    onnx.checker.check_model(model, full_check=True)
-    return model
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -503,50 +361,13 @@ def _validate_sidecar(info: Any, path: str) -> dict[str, Any]:
 # Builder
 
 
-def _check_precision(precision: Any) -> str:
-    if precision not in PRECISIONS:
-        raise ValueError(f"unsupported precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    return precision
-
-
-_ONNX_TO_TORCH = {1: "float32", 10: "float16", 16: "bfloat16", 7: "int64", 6: "int32", 9: "bool"}
-
-
-def _input_channels(inputs: Sequence[_OnnxInput]) -> dict[str, int]:
-    channels = {}
-    for i in inputs:
-        if len(i.dims) != 4:
-            raise ValueError(f"ONNX input {i.name!r} has rank {len(i.dims)}; the generator's inputs are [N, C, H, W]")
-        if i.dims[1] is None:
-            raise ValueError(f"ONNX input {i.name!r} has a dynamic channel dimension; it must be fixed")
-        if i.elem_type not in _ONNX_TO_TORCH:
-            raise ValueError(f"ONNX input {i.name!r} has an unsupported element type {i.elem_type}")
-        channels[i.name] = i.dims[1]
-    return channels
-
-
-def _check_profiles_fit(profiles: Sequence[ShapeProfile], inputs: Sequence[_OnnxInput], multiple: int) -> None:
+def _check_profiles_fit(profiles: Sequence[ShapeProfile], multiple: int) -> None:
     for p in profiles:
         for shape in (p.min, p.opt, p.max):
             if shape[1] % multiple or shape[2] % multiple:
                 raise ValueError(
                     f"profile size {shape[1]}x{shape[2]}: H and W must be multiples of {multiple} for this generator"
                 )
-        for i in inputs:  # a static export only accepts its own shape
-            for axis, value in ((0, "N"), (2, "H"), (3, "W")):
-                fixed = i.dims[axis]
-                k = {0: 0, 2: 1, 3: 2}[axis]
-                if fixed is not None and not p.min[k] == p.max[k] == fixed:
-                    raise ValueError(
-                        f"the ONNX input {i.name!r} has a fixed {value}={fixed}, but a profile spans "
-                        f"{p.min[k]}..{p.max[k]}: export with dynamic sizes or name that size"
-                    )
-
-
-def _strongly_typed_flags(trt: ModuleType) -> int:
-    flag = getattr(getattr(trt, "NetworkDefinitionCreationFlag", None), "STRONGLY_TYPED", None)
-    # 10.x: opt in; 11.x: strong typing is always on and the flag (where it still exists) is ignored.
-    return 0 if flag is None else 1 << int(flag)
 
 
 def _trt_dtype_name(trt: ModuleType, dtype: Any) -> str:
@@ -636,10 +457,11 @@ def build_engine(
 
     Raises:
         FileNotFoundError: no ONNX file, or the engine's folder does not exist.
-        ValueError: unsupported precision; no sizes; sizes that are not multiples of the generator's size multiple,
-            that contradict a static ONNX input, or a bad batch/workspace/level.
+        ValueError: unsupported precision; no sizes; sizes that are not multiples of the generator's size multiple;
+            a bad batch/workspace/level.
         TensorRTUnavailableError: TensorRT or a CUDA GPU is missing (raised after the arguments are checked).
-        EngineBuildError: TensorRT rejected the model or the build failed.
+        EngineBuildError: TensorRT rejected the model or a profile (e.g. one that contradicts a static ONNX input),
+            or the build failed.
     """
     precision = _check_precision(precision)
     model = _load_onnx(onnx_path)
@@ -647,10 +469,7 @@ def build_engine(
     engine_path = check_output_path(engine_path, name="engine_path", example="model.engine")
     if os.path.abspath(engine_path) == onnx_path:
         raise ValueError("engine_path must differ from onnx_path")
-    inputs = _onnx_inputs(model)
-    if not inputs:
-        raise ValueError(f"{onnx_path!r} has no inputs")
-    channels = _input_channels(inputs)
+    channels = _input_channels(model)
     metadata = _onnx_metadata(model)
     multiple = int(metadata.get("size_multiple", 1))
     if profiles is None:
@@ -663,7 +482,7 @@ def build_engine(
         profiles = list(profiles)
         if not profiles or not all(isinstance(p, ShapeProfile) for p in profiles):
             raise ValueError("profiles must be a non-empty list of ShapeProfile")
-    _check_profiles_fit(profiles, inputs, multiple)
+    _check_profiles_fit(profiles, multiple)
     if isinstance(workspace_gb, bool) or not isinstance(workspace_gb, (int, float)) or not 0 < workspace_gb < math.inf:
         raise ValueError(f"workspace_gb must be a positive number, got {workspace_gb!r}")
     if optimization_level is not None and not _int_in(optimization_level, 0, 5):
@@ -679,7 +498,8 @@ def build_engine(
     _require_cuda("building a TensorRT engine")
     logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(_strongly_typed_flags(trt))
+    # Strongly typed: opted into in 10.x, always on (the flag accepted and ignored) in 11.x.
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
     native_norm = getattr(getattr(trt, "OnnxParserFlag", None), "NATIVE_INSTANCENORM", None)
     if native_norm is not None:
