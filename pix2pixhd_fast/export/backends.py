@@ -132,13 +132,13 @@ def _onnx_matches(path: str, model: Pix2PixHDModel) -> bool:
     import onnx
 
     from .graph import model_encoding
-    from .onnx import METADATA_PREFIX
+    from .onnx import onnx_metadata
 
     try:
         proto = onnx.load(path, load_external_data=False)
     except Exception:  # unreadable (e.g. truncated by a crash in someone else's writer): export again
         return False
-    meta = {p.key[len(METADATA_PREFIX) :]: p.value for p in proto.metadata_props if p.key.startswith(METADATA_PREFIX)}
+    meta = onnx_metadata(proto)
     label_nc, use_instance, feat_num = model_encoding(model)
     want = {
         "label_nc": str(label_nc),
@@ -305,5 +305,3 @@ def make_backend(
         _require_cuda("the tensorrt backend")
         return TensorRTBackend(model, device, amp, onnx_path=checkpoint_onnx(model, opt))
     raise ValueError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
-
-

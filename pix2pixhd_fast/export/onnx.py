@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -38,6 +38,7 @@ __all__ = [
     "DEFAULT_OPSET",
     "MIN_OPSET",
     "METADATA_PREFIX",
+    "onnx_metadata",
     "STANDARD_DOMAINS",
     "ONNXVerificationError",
     "max_opset",
@@ -52,6 +53,13 @@ MIN_OPSET = 18  # lower opsets would need the exporter's version conversion, whi
 METADATA_PREFIX = "pix2pixhd_fast."
 STANDARD_DOMAINS = frozenset({"", "ai.onnx"})
 _ID_DTYPES = {torch.int64: "int64", torch.int32: "int32"}
+
+
+def onnx_metadata(source: Any) -> dict[str, str]:
+    """The ``pix2pixhd_fast.*`` entries :func:`export_onnx` writes (label_nc, feat_num, size_multiple, ...), without
+    the prefix, from an ``onnx.ModelProto`` or a ``{key: value}`` map (onnxruntime's ``custom_metadata_map``)."""
+    items = source.items() if isinstance(source, Mapping) else ((p.key, p.value) for p in source.metadata_props)
+    return {k[len(METADATA_PREFIX) :]: v for k, v in items if k.startswith(METADATA_PREFIX)}
 
 
 class ONNXVerificationError(RuntimeError):
@@ -185,6 +193,7 @@ class _Positional(nn.Module):
 
 # ----------------------------------------------------------------------------------------------------
 # Export
+
 
 def export_onnx(
     model_or_netG: nn.Module,

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .onnx import METADATA_PREFIX
+from .onnx import onnx_metadata
 
 __all__ = ["OnnxRuntimeGenerator"]
 
@@ -74,8 +74,7 @@ class OnnxRuntimeGenerator:
         self.output_name = self.session.get_outputs()[0].name
         if "label" not in self._inputs:
             raise ValueError(f"OnnxRuntimeGenerator: {self.path!r} has no 'label' input (inputs {self.input_names})")
-        meta = self.session.get_modelmeta().custom_metadata_map
-        self.metadata = {k[len(METADATA_PREFIX) :]: v for k, v in meta.items() if k.startswith(METADATA_PREFIX)}
+        self.metadata = onnx_metadata(self.session.get_modelmeta().custom_metadata_map)
         self.label_nc = int(self.metadata["label_nc"]) if "label_nc" in self.metadata else None
         self.use_instance = "inst" in self._inputs
         self.feat_num = self._static_channels("feat") if "feat" in self._inputs else 0

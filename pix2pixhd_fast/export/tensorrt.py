@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from ..utils.files import atomic_write_bytes
-from .onnx import METADATA_PREFIX, check_output_path
+from .onnx import check_output_path, onnx_metadata
 from .precision import PRECISIONS, _check_precision, _load_onnx, mixed_precision_onnx
 
 __all__ = [
@@ -255,10 +255,6 @@ def _input_channels(model: Any) -> dict[str, int]:
     return channels
 
 
-def _onnx_metadata(model: Any) -> dict[str, str]:
-    return {p.key[len(METADATA_PREFIX) :]: p.value for p in model.metadata_props if p.key.startswith(METADATA_PREFIX)}
-
-
 # ----------------------------------------------------------------------------------------------------
 # Sidecar
 
@@ -470,7 +466,7 @@ def build_engine(
     if os.path.abspath(engine_path) == onnx_path:
         raise ValueError("engine_path must differ from onnx_path")
     channels = _input_channels(model)
-    metadata = _onnx_metadata(model)
+    metadata = onnx_metadata(model)
     multiple = int(metadata.get("size_multiple", 1))
     if profiles is None:
         if sizes is None:
