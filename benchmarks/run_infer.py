@@ -60,7 +60,7 @@ for _p in (ROOT, HERE):  # run as a script from anywhere, without installing the
 
 import torch  # noqa: E402
 from run_ops import _loadavg, machine_info  # noqa: E402
-from run_train import COMMON, PRESETS, CpuLoad, Problem, make_batch  # noqa: E402
+from run_train import COMMON, PRESETS, CpuLoad, Problem, load_line, make_batch  # noqa: E402
 from tables import fmt_t, infer_table, md_table, text_table  # noqa: E402
 from targets import infer_targets  # noqa: E402
 from timing import measure_interleaved, ratio_ci, summary  # noqa: E402
@@ -333,19 +333,9 @@ def header_lines(res: dict) -> list[str]:
         lines.append(f"TF32 convolutions (PyTorch's default, untouched): cudnn.allow_tf32={m.get('cudnn_allow_tf32')}")
     lines.append(f"CPU: {m['cpu']} ({m['cpu_capability']}; {' '.join(m['cpu_flags'])}); torch threads: {m['threads']}")
     lines.append(f"torch {m['torch']}, CUDA {m['cuda']}, Python {m['python']}; onnxruntime {m.get('onnxruntime')}")
-    ld = res.get("load") or {}
-    if ld:
-        others = ld.get("others_cores")
-        lines.append(
-            f"load average (1 min) at start/end: {m.get('loadavg_start')} / {m.get('loadavg_end')} on "
-            f"{m['cpu_count']} CPUs; this process used {ld['own_cores']:.2f} cores"
-            + ("" if others is None else f", other processes {others:.2f} cores")
-            + (
-                " -- a shared, busy machine: absolute times are inflated, ratios (interleaved) hold roughly"
-                if (s["device"] == "cpu" and others is not None and others > 0.25)
-                else ""
-            )
-        )
+    load = load_line(m, res.get("load"), s["device"])
+    if load:
+        lines.append(load)
     lines.append(
         f"timing: first call and {s['warmup']} warm-up calls apart (3 for compile on CUDA), then >= {s['rounds']} "
         f"interleaved rounds of {s['iters']} calls until each ratio's 95% interval is within +-5% (at most "

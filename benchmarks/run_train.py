@@ -67,8 +67,7 @@ from targets import train_targets  # noqa: E402
 from timing import measure_interleaved, ratio_ci, summary  # noqa: E402
 
 from pix2pixhd_fast.models import pix2pixhd as p2p_model  # noqa: E402
-from pix2pixhd_fast.models.losses import feature_matching_loss  # noqa: E402
-from pix2pixhd_fast.models.pix2pixhd import LossTerms, Pix2PixHDModel  # noqa: E402
+from pix2pixhd_fast.models.pix2pixhd import Pix2PixHDModel  # noqa: E402
 from pix2pixhd_fast.options import parse_train  # noqa: E402
 from pix2pixhd_fast.train.graphs import GraphedTrainStep  # noqa: E402
 from pix2pixhd_fast.train.memory import SavedTensorsMeter, enable_selective_checkpointing  # noqa: E402
@@ -255,6 +254,20 @@ class CpuLoad:
         return {"wall_s": wall, "own_cores": own, "others_cores": max(0.0, (busy - self.busy0) / wall - own)}
 
 
+def load_line(machine: dict, load: dict, device: str) -> str | None:
+    """The results header's line on how busy the machine was (``load``: :meth:`CpuLoad.summary`; None without it)."""
+    if not load:
+        return None
+    others = load.get("others_cores")
+    busy = device == "cpu" and others is not None and others > 0.25
+    return (
+        f"load average (1 min) at start/end: {machine.get('loadavg_start')} / {machine.get('loadavg_end')} on "
+        f"{machine['cpu_count']} CPUs; during the run this process used {load['own_cores']:.2f} cores"
+        + ("" if others is None else f" and other processes {others:.2f} cores")
+        + (" -- a shared, busy machine: absolute times are inflated, ratios (interleaved) hold roughly" if busy else "")
+    )
+
+
 # ----------------------------------------------------------------------------------------------------
 # One configuration's training step
 
@@ -266,7 +279,6 @@ class NvidiaLoopModel(Pix2PixHDModel):
     losses are the same as :meth:`Pix2PixHDModel.compute_losses` (instance norm keeps each sample's statistics)."""
 
     def compute_losses(self, label, inst, image, feat=None, dtype=torch.float32, channels_last=False):
-        opt = self.opt
         feat_map = self._features(label, inst, image, feat)
         g_input, d_label = self.encode(label, inst, feat_map, dtype, channels_last)
         real = image.to(dtype)
@@ -278,15 +290,7 @@ class NvidiaLoopModel(Pix2PixHDModel):
         pred_real = self.discriminate(d_label, real)
         loss_D_real = self.criterionGAN(pred_real, True)
         pred_fake = self.discriminate(d_label, fake)
-        loss_G_GAN = self.criterionGAN(pred_fake, True, for_discriminator=False)
-        zero = loss_G_GAN.new_zeros(())
-        loss_G_feat = zero
-        if not opt.no_ganFeat_loss:
-            loss_G_feat = feature_matching_loss(pred_fake, pred_real, opt.num_D, opt.n_layers_D, opt.lambda_feat)
-        loss_G_vgg = zero
-        if self.criterionVGG is not None:
-            loss_G_vgg = self.criterionVGG(fake, real) * opt.lambda_feat
-        return LossTerms(loss_G_GAN, loss_G_feat, loss_G_vgg, loss_D_real, loss_D_fake), fake
+        return self.loss_terms(pred_fake, pred_real, fake, real, loss_D_real, loss_D_fake), fake
 
 
 def _bare_trainer(model: Pix2PixHDModel, opt: argparse.Namespace, device: torch.device, amp_dtype, config: Config):
@@ -1044,19 +1048,9 @@ def header_lines(res: dict) -> list[str]:
     mm = res.get("matmul")
     if mm:
         lines.append(f"bf16 matmul throughput ({mm['n']}x{mm['n']} squared): {mm['flops_per_s'] / 1e12:.1f} TFLOP/s")
-    ld = res.get("load", {})
-    if ld:
-        others = ld.get("others_cores")
-        lines.append(
-            f"load average (1 min) at start/end: {m.get('loadavg_start')} / {m.get('loadavg_end')} on "
-            f"{m['cpu_count']} CPUs; during the run this process used {ld['own_cores']:.2f} cores"
-            + ("" if others is None else f" and other processes {others:.2f} cores")
-            + (
-                " -- a shared, busy machine: absolute times are inflated, ratios (interleaved) hold roughly"
-                if (s["device"] == "cpu" and others is not None and others > 0.25)
-                else ""
-            )
-        )
+    load = load_line(m, res.get("load"), s["device"])
+    if load:
+        lines.append(load)
     lines.append(
         f"timing: benchmarks/timing.py, every configuration in the same interleaved rounds "
         f"({'2 steps' if s['device'] == 'cuda' else '1 step'} each per round, "

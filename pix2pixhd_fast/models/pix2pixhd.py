@@ -255,6 +255,12 @@ class Pix2PixHDModel(nn.Module):
         finally:
             for p, r in zip(net_g.parameters(), req, strict=True):
                 p.requires_grad_(r)
+        return self.loss_terms(pred_fake, pred_real, fake, real, loss_D_real, loss_D_fake), fake
+
+    def loss_terms(self, pred_fake, pred_real, fake, real, loss_D_real, loss_D_fake) -> LossTerms:
+        """G's losses from D's outputs on the fake (``pred_fake``, through D for G) and the real image: adversarial,
+        feature matching (unless ``--no_ganFeat_loss``) and VGG (when built), with D's two losses."""
+        opt = self.opt
         loss_G_GAN = self.criterionGAN(pred_fake, True, for_discriminator=False)
         zero = loss_G_GAN.new_zeros(())
         loss_G_feat = zero
@@ -263,7 +269,7 @@ class Pix2PixHDModel(nn.Module):
         loss_G_vgg = zero
         if self.criterionVGG is not None:
             loss_G_vgg = self.criterionVGG(fake, real) * opt.lambda_feat
-        return LossTerms(loss_G_GAN, loss_G_feat, loss_G_vgg, loss_D_real, loss_D_fake), fake
+        return LossTerms(loss_G_GAN, loss_G_feat, loss_G_vgg, loss_D_real, loss_D_fake)
 
     @torch.no_grad()
     def inference(
