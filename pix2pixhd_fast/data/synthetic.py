@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import zlib
 from collections.abc import Callable, Mapping
@@ -664,12 +665,15 @@ def render_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """``"128x256"`` -> ``(128, 256)``: HEIGHTxWIDTH, the order of torch shapes (and of every size option)."""
-    try:
-        h, w = (int(p) for p in text.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"size must look like HEIGHTxWIDTH (e.g. 128x256), got {text!r}") from None
-    return h, w
+    """``"128x256"`` -> ``(128, 256)``: HEIGHTxWIDTH, the order of torch shapes (and of every size option).
+
+    Raises:
+        ValueError: not two positive integers joined by ``x``.
+    """
+    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
+        raise ValueError(f"size must look like HEIGHTxWIDTH with positive integers (e.g. 128x256), got {text!r}")
+    return int(m.group(1)), int(m.group(2))
 
 
 def _scene_rng(seed: int, phase: str, index: int) -> np.random.Generator:

@@ -193,15 +193,11 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
     Raises:
         ValueError: an empty list or an entry that is not two positive integers joined by ``x``.
     """
+    from ..data.synthetic import parse_size
+
     if not isinstance(text, str):
         raise TypeError(f"sizes must be a string such as '512x1024,1024x2048', got {type(text).__name__}")
-    sizes = []
-    for item in (s.strip() for s in text.split(",")):
-        m = re.fullmatch(r"(\d+)\s*[xX]\s*(\d+)", item)
-        if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
-            raise ValueError(f"size {item!r}: expected HEIGHTxWIDTH with positive integers, e.g. 512x1024")
-        sizes.append((int(m.group(1)), int(m.group(2))))
-    return sizes
+    return [parse_size(item) for item in text.split(",")]
 
 
 def profiles_for_sizes(
