@@ -261,16 +261,18 @@ def sidecar_path(engine_path: str | os.PathLike) -> str:
 
 
 _TENSOR_KEYS = {"name", "dtype", "shape"}
-_TORCH_DTYPES = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "int64": torch.int64,
-    "int32": torch.int32,
-    "int8": torch.int8,
-    "uint8": torch.uint8,
-    "bool": torch.bool,
+# TensorRT's DataType members -> the torch dtype names the sidecar records.
+_TRT_DTYPES = {
+    "FLOAT": "float32",
+    "HALF": "float16",
+    "BF16": "bfloat16",
+    "INT64": "int64",
+    "INT32": "int32",
+    "INT8": "int8",
+    "UINT8": "uint8",
+    "BOOL": "bool",
 }
+_TORCH_DTYPES = {name: getattr(torch, name) for name in _TRT_DTYPES.values()}
 
 
 def write_sidecar(engine_path: str | os.PathLike, info: Mapping[str, Any]) -> str:
@@ -363,17 +365,7 @@ def _check_profiles_fit(profiles: Sequence[ShapeProfile], multiple: int) -> None
 
 
 def _trt_dtype_name(trt: ModuleType, dtype: Any) -> str:
-    table = {
-        "FLOAT": "float32",
-        "HALF": "float16",
-        "BF16": "bfloat16",
-        "INT64": "int64",
-        "INT32": "int32",
-        "INT8": "int8",
-        "UINT8": "uint8",
-        "BOOL": "bool",
-    }
-    for attr, name in table.items():
+    for attr, name in _TRT_DTYPES.items():
         if hasattr(trt.DataType, attr) and dtype == getattr(trt.DataType, attr):
             return name
     raise ValueError(f"unsupported TensorRT data type {dtype}")
