@@ -552,7 +552,8 @@ def test_demo_runs_every_feature_step_with_matching_options(tmp_path, monkeypatc
 
     def fake_test(opt, extra_rows=None):
         calls.append(("test", opt, extra_rows))
-        return {"psnr_mean": next(psnrs), "images": 4, "page": f"{opt.results_dir}/p"}
+        value = next(psnrs)
+        return {"psnr_mean": value, "psnr_per_image": [value] * 4, "images": 4, "page": f"{opt.results_dir}/p"}
 
     monkeypatch.setattr(infer_mod, "run_test", fake_test)
     result = demo_mod.run_demo(str(tmp_path / "demo"), quick=True, device="cpu")

@@ -700,7 +700,9 @@ def test_demo_trains_and_tests_the_same_architecture(tmp_path, monkeypatch):
     monkeypatch.setattr(
         infer_mod,
         "run_test",
-        lambda opt, extra_rows=None: seen.update(test=opt) or {"psnr_mean": 20.0, "images": 4, "page": "p"},
+        lambda opt, extra_rows=None: (
+            seen.update(test=opt) or {"psnr_mean": 20.0, "psnr_per_image": [20.0], "images": 4, "page": "p"}
+        ),
     )
     for quick in (True, False):
         result = run_demo(str(tmp_path / f"demo{quick}"), quick=quick, device="cpu")
