@@ -236,7 +236,7 @@ def profiles_for_sizes(
 
 def _input_channels(model: Any) -> dict[str, int]:
     """``{input name: C}`` of the graph's ``[N, C, H, W]`` inputs: the profiles give N, H and W per input; TensorRT
-    checks the rest (dtypes when parsing, static dimensions when a profile is added)."""
+    checks the rest (dtypes when parsing, static dimensions against the profiles when adding them or building)."""
     weights = {i.name for i in model.graph.initializer}  # old-style models list weights as inputs
     channels = {}
     for vi in model.graph.input:
