@@ -19,8 +19,9 @@ Parts:
          cudnn.benchmark and the whole iteration replayed from a CUDA graph;
      (d) our fused ops (bf16, channels-last) + torch.compile of each network;
      (e) the strongest stock path: (b) + torch.compile of each network (on CUDA with cudnn.benchmark);
-   and ablation rows, (c) without one component each (``c-sac``, ``c-graph``, ``c-cudnn``, ``c-ops`` = (c) with
-   the reference ops), so that what each component contributes is read from the same run.
+   and ablation rows, (c) without one component each (``c-sac``, ``c-pad`` = the fused norms writing unpadded
+   outputs beside separate pad modules, ``c-graph``, ``c-cudnn``, ``c-ops`` = (c) with the reference ops), so
+   that what each component contributes is read from the same run.
    Every configuration's steps are timed in the same interleaved rounds (benchmarks/timing.py): each round runs
    one step (CPU) or two (CUDA) of every configuration, in rotating order, until the 95% interval of every
    paired ratio against (c) is within +-5% (or the round/time limit). Reported per configuration: median step
@@ -143,6 +144,7 @@ class Config:
     sac: bool = False
     cuda_graph: bool = False
     cudnn_benchmark: bool = False
+    fuse_pads: bool = True
     ablation: bool = False
 
 
@@ -182,6 +184,15 @@ def build_configs(device: str) -> list[Config]:
         Config("e", "(b) + torch.compile", "reference", True, True, True, cudnn_benchmark=cuda),
     ]
     ab = [dataclasses.replace(c, key="c-sac", name="(c) without SAC", sac=False, ablation=True)]
+    ab.append(
+        dataclasses.replace(
+            c,
+            key="c-pad",
+            name="(c) with separate reflection pads (norms write unpadded)",
+            fuse_pads=False,
+            ablation=True,
+        )
+    )
     if cuda:
         ab.append(
             dataclasses.replace(c, key="c-graph", name="(c) without the CUDA graph", cuda_graph=False, ablation=True)
@@ -201,6 +212,8 @@ def problem_options(problem: Problem, config: Config, device: str, extra: tuple[
     argv += ["--ops", config.ops, "--amp", "bf16" if config.amp else "off", "--sac", "on" if config.sac else "off"]
     if not config.channels_last:
         argv.append("--no_channels_last")
+    if not config.fuse_pads:
+        argv.append("--no_fuse_pads")
     return argv
 
 

@@ -209,6 +209,12 @@ def _add_base(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--no_channels_last", action="store_true", help="keep NCHW instead of channels-last tensors")
     g.add_argument("--ops", default="fast", choices=["fast", "reference"], help="our fused operators or plain PyTorch")
+    g.add_argument(
+        "--no_fuse_pads",
+        action="store_true",
+        help="with --ops fast, keep the reflection pads as separate modules instead of having the fused norms write "
+        "padded outputs (same results; for measuring what the padded-output kernels add)",
+    )
     g.add_argument("--compile", action="store_true", help="torch.compile the networks")
     g.add_argument(
         "--sac",

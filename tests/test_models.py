@@ -523,3 +523,23 @@ def test_fused_networks_match_reference(seed, build):
     xc = x.contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(fast.to(memory_format=torch.channels_last)(xc), ref(x), atol=1e-5, rtol=1e-5)
     _check_grads_fp64(ref, fast, x)
+
+
+@pytest.mark.parametrize("net_g", ["global", "local", "encoder"])
+def test_fuse_pads_off_keeps_pad_modules_with_the_same_outputs(seed, net_g):
+    """fuse_pads=False (the benchmark's ablation) keeps every reflection pad as a module beside unpadded fused norms,
+    with the same keys and outputs as the padded-output networks."""
+    args = (5, 3, 4, net_g, 1, 2, 1, 1)
+    fused = define_G(*args, ops="fast")
+    plain = define_G(*args, ops="fast", fuse_pads=False)
+    assert _padded_norms(fused) and not _padded_norms(plain)
+    assert not any(isinstance(m, ResnetBlock) and m.padded_input for m in plain.modules())
+    n_pads = sum(type(m) is nn.ReflectionPad2d for m in plain.modules())
+    assert n_pads == sum(type(m) is nn.ReflectionPad2d for m in define_G(*args, ops="reference").modules())
+    plain.load_state_dict(fused.state_dict())  # strict: the same keys
+    x = torch.randn(2, 5, 16, 16)
+    if net_g == "encoder":
+        inst = torch.randint(0, 4, (2, 1, 16, 16))
+        torch.testing.assert_close(plain(x, inst), fused(x, inst), atol=1e-5, rtol=1e-5)
+    else:
+        torch.testing.assert_close(plain(x), fused(x), atol=1e-5, rtol=1e-5)

@@ -421,6 +421,6 @@ def test_run_train_bad_arguments():
             run_train.parse_args(argv)
         assert e.value.code == 2, argv
     args = run_train.parse_args(["--configs", "a,c,ablation"])
-    assert args.config_keys == ["a", "c", "c-sac", "c-ops"] and args.sizes == "cpu"
+    assert args.config_keys == ["a", "c", "c-sac", "c-pad", "c-ops"] and args.sizes == "cpu"
     gpu = run_train.parse_args(["--device", "cuda", "--configs", "ablation"])
-    assert gpu.config_keys == ["c-sac", "c-graph", "c-cudnn", "c-ops"] and gpu.sizes == "gpu"
+    assert gpu.config_keys == ["c-sac", "c-pad", "c-graph", "c-cudnn", "c-ops"] and gpu.sizes == "gpu"

@@ -194,6 +194,7 @@ class ResnetBlock(nn.Module):
         use_dropout: bool = False,
         *,
         ops: str = "fast",
+        fuse_pads: bool = True,
     ):
         super().__init__()
         _check_int("dim", dim, 1)
@@ -201,7 +202,7 @@ class ResnetBlock(nn.Module):
         norm_layer = _resolve_norm(norm_layer)
         if activation is None:
             activation = nn.ReLU(True)
-        self.conv_block = self.build_conv_block(dim, padding_type, norm_layer, activation, use_dropout, ops)
+        self.conv_block = self.build_conv_block(dim, padding_type, norm_layer, activation, use_dropout, ops, fuse_pads)
         # Plain attributes (no state): whether the last norm adds the skip input, and whether the input arrives
         # padded by 1.
         self.fused_residual = padding_type == "reflect" and type(self.conv_block[-1]) is InstanceNormActPad
@@ -225,6 +226,7 @@ class ResnetBlock(nn.Module):
         activation: nn.Module,
         use_dropout: bool,
         ops: str = "fast",
+        fuse_pads: bool = True,
     ) -> nn.Sequential:
         """The block's layers as one Sequential (see the class docstring for the layout)."""
         pad, p = self._pad(padding_type)
@@ -236,7 +238,7 @@ class ResnetBlock(nn.Module):
         layers += [*pad, nn.Conv2d(dim, dim, kernel_size=3, padding=p)]
         # The second norm has no activation: fused, it is instance_norm_act with slope 1.0.
         layers += _norm_act(norm_layer, dim, None, ops)
-        if ops == "fast" and padding_type == "reflect" and fusable_norm(layers[-1]):
+        if ops == "fast" and fuse_pads and padding_type == "reflect" and fusable_norm(layers[-1]):
             # The last norm adds the skip input (pad 0 until a generator chains the block); the inner pad folds
             # into the first norm when only its activation's Identity slot sits between them.
             layers[-1] = with_pad(layers[-1], 0)
@@ -289,6 +291,7 @@ class GlobalGenerator(nn.Module):
         padding_type: str = "reflect",
         *,
         ops: str = "fast",
+        fuse_pads: bool = True,
     ):
         super().__init__()
         for name, value, minimum in (
@@ -311,13 +314,13 @@ class GlobalGenerator(nn.Module):
             layers += _norm_act(norm_layer, c * 2, nn.ReLU(True), ops)
         c = ngf * 2**n_downsampling
         for _ in range(n_blocks):
-            layers.append(ResnetBlock(c, padding_type, norm_layer, nn.ReLU(True), ops=ops))
+            layers.append(ResnetBlock(c, padding_type, norm_layer, nn.ReLU(True), ops=ops, fuse_pads=fuse_pads))
         for i in range(n_downsampling):
             c = ngf * 2 ** (n_downsampling - i)
             layers.append(nn.ConvTranspose2d(c, c // 2, kernel_size=3, stride=2, padding=1, output_padding=1))
             layers += _norm_act(norm_layer, c // 2, nn.ReLU(True), ops)
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, kernel_size=7, padding=0), nn.Tanh()]
-        if ops == "fast":
+        if ops == "fast" and fuse_pads:
             _fuse_padded(layers)
         self.model = nn.Sequential(*layers)
 
@@ -353,6 +356,7 @@ class LocalEnhancer(nn.Module):
         padding_type: str = "reflect",
         *,
         ops: str = "fast",
+        fuse_pads: bool = True,
     ):
         super().__init__()
         _check_int("ngf", ngf, 1)
@@ -365,7 +369,14 @@ class LocalEnhancer(nn.Module):
 
         ngf_global = ngf * 2**n_local_enhancers
         global_layers = GlobalGenerator(
-            input_nc, output_nc, ngf_global, n_downsample_global, n_blocks_global, norm_layer, ops=ops
+            input_nc,
+            output_nc,
+            ngf_global,
+            n_downsample_global,
+            n_blocks_global,
+            norm_layer,
+            ops=ops,
+            fuse_pads=fuse_pads,
         ).model
         layers = list(global_layers)[:-3]
         _unpad_tail(layers)  # its output is summed with the first enhancer's front end, unpadded
@@ -378,13 +389,14 @@ class LocalEnhancer(nn.Module):
             front.append(nn.Conv2d(c, c * 2, kernel_size=3, stride=2, padding=1))
             front += _norm_act(norm_layer, c * 2, nn.ReLU(True), ops)
             back: list[nn.Module] = [
-                ResnetBlock(c * 2, padding_type, norm_layer, nn.ReLU(True), ops=ops) for _ in range(n_blocks_local)
+                ResnetBlock(c * 2, padding_type, norm_layer, nn.ReLU(True), ops=ops, fuse_pads=fuse_pads)
+                for _ in range(n_blocks_local)
             ]
             back.append(nn.ConvTranspose2d(c * 2, c, kernel_size=3, stride=2, padding=1, output_padding=1))
             back += _norm_act(norm_layer, c, nn.ReLU(True), ops)
             if n == n_local_enhancers:
                 back += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, kernel_size=7, padding=0), nn.Tanh()]
-            if ops == "fast":
+            if ops == "fast" and fuse_pads:
                 _fuse_padded(back)
             setattr(self, f"model{n}_1", nn.Sequential(*front))
             setattr(self, f"model{n}_2", nn.Sequential(*back))
@@ -421,6 +433,7 @@ class Encoder(nn.Module):
         norm_layer: NormLayer | str = nn.BatchNorm2d,
         *,
         ops: str = "fast",
+        fuse_pads: bool = True,
     ):
         super().__init__()
         for name, value, minimum in (
@@ -445,7 +458,7 @@ class Encoder(nn.Module):
             layers.append(nn.ConvTranspose2d(c, c // 2, kernel_size=3, stride=2, padding=1, output_padding=1))
             layers += _norm_act(norm_layer, c // 2, nn.ReLU(True), ops)
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, kernel_size=7, padding=0), nn.Tanh()]
-        if ops == "fast":
+        if ops == "fast" and fuse_pads:
             _fuse_padded(layers)
         self.model = nn.Sequential(*layers)
 
@@ -616,16 +629,19 @@ def define_G(  # noqa: N802 (the reference's name)
     gpu_ids: list[int] | tuple[int, ...] | None = None,
     *,
     ops: str = "fast",
+    fuse_pads: bool = True,
 ) -> nn.Module:
     """Build and initialise a generator as the reference ``define_G`` does (``--netG global | local | encoder``).
 
     'encoder' builds :class:`Encoder` with ``n_downsample_global`` as its ``n_downsampling``. Weights follow
-    :func:`weights_init`; with ``gpu_ids`` the network moves to ``cuda:gpu_ids[0]``.
+    :func:`weights_init`; with ``gpu_ids`` the network moves to ``cuda:gpu_ids[0]``. ``fuse_pads=False`` keeps
+    the reflection pads as modules beside the fused norms (``ops='fast'`` only): the benchmark's ablation of the
+    padded-output kernels; outputs and keys are the same either way.
     """
     norm_layer = get_norm_layer(norm)
     if netG == "global":
         net: nn.Module = GlobalGenerator(
-            input_nc, output_nc, ngf, n_downsample_global, n_blocks_global, norm_layer, ops=ops
+            input_nc, output_nc, ngf, n_downsample_global, n_blocks_global, norm_layer, ops=ops, fuse_pads=fuse_pads
         )
     elif netG == "local":
         net = LocalEnhancer(
@@ -638,9 +654,10 @@ def define_G(  # noqa: N802 (the reference's name)
             n_blocks_local,
             norm_layer,
             ops=ops,
+            fuse_pads=fuse_pads,
         )
     elif netG == "encoder":
-        net = Encoder(input_nc, output_nc, ngf, n_downsample_global, norm_layer, ops=ops)
+        net = Encoder(input_nc, output_nc, ngf, n_downsample_global, norm_layer, ops=ops, fuse_pads=fuse_pads)
     else:
         raise ValueError(f"generator {netG!r} is not implemented: use 'global', 'local' or 'encoder'")
     net = _to_gpu(net, gpu_ids)

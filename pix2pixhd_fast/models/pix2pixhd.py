@@ -112,12 +112,20 @@ class Pix2PixHDModel(nn.Module):
             n_blocks_local=opt.n_blocks_local,
             norm=opt.norm,
             ops=self.use_ops,
+            fuse_pads=not getattr(opt, "no_fuse_pads", False),
         )
         self.netG = define_G(label_ch + feat_ch, opt.output_nc, opt.ngf, opt.netG, **g_kwargs)
         self.netE = None
         if opt.gen_features:
             self.netE = define_G(
-                opt.output_nc, opt.feat_num, opt.nef, "encoder", opt.n_downsample_E, norm=opt.norm, ops=self.use_ops
+                opt.output_nc,
+                opt.feat_num,
+                opt.nef,
+                "encoder",
+                opt.n_downsample_E,
+                norm=opt.norm,
+                ops=self.use_ops,
+                fuse_pads=g_kwargs["fuse_pads"],
             )
         self.netD = None
         if is_train:
