@@ -662,7 +662,9 @@ def plot_train(runs: list[Run], path: str) -> str | None:
         xs = range(len(rows))
         ax.bar(xs, [r["images_per_s"] for r in rows], color=[colors.get(r["key"], "tab:green") for r in rows])
         for x, r in zip(xs, rows, strict=True):
-            ax.text(x, r["images_per_s"], f"{r['vs_a']:.2f}x", ha="center", va="bottom", fontsize=7)
+            # (a) itself, and rows of files whose runs had no (a), carry no ratio to (a)
+            label = "1.00x" if r["key"] == "a" else ("-" if r.get("vs_a") is None else f"{r['vs_a']:.2f}x")
+            ax.text(x, r["images_per_s"], label, ha="center", va="bottom", fontsize=7)
         ax.set_xticks(list(xs), [f"({r['key']})" for r in rows])
         ax.set_title(f"{run.name}\n{p['problem']}", fontsize=8)
         ax.set_ylabel("images/s")
