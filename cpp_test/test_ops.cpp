@@ -151,6 +151,24 @@ Tensor3 instance_norm_act_backward(const Tensor& gy, const Tensor& x, const Tens
   return op.call(gy, x, mean, rstd, w, b, slope, mask);
 }
 
+Tensor3 instance_norm_act_pad(const Tensor& x, const OptTensor& w, const OptTensor& b, const OptTensor& res,
+                              double eps, double slope, int64_t pad) {
+  static auto op = find_op("instance_norm_act_pad")
+                       .typed<Tensor3(const Tensor&, const OptTensor&, const OptTensor&, const OptTensor&, double,
+                                      double, int64_t)>();
+  return op.call(x, w, b, res, eps, slope, pad);
+}
+
+using Tensor4 = std::tuple<Tensor, Tensor, Tensor, Tensor>;
+Tensor4 instance_norm_act_pad_backward(const Tensor& gy, const Tensor& x, const Tensor& mean, const Tensor& rstd,
+                                       const OptTensor& w, const OptTensor& b, double slope, int64_t pad,
+                                       std::array<bool, 4> mask) {
+  static auto op = find_op("instance_norm_act_pad_backward")
+                       .typed<Tensor4(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
+                                      const OptTensor&, double, int64_t, std::array<bool, 4>)>();
+  return op.call(gy, x, mean, rstd, w, b, slope, pad, mask);
+}
+
 std::string build_info() {
   static auto op = find_op("build_info").typed<std::string()>();
   return op.call();
@@ -407,9 +425,9 @@ void test_instance_norm_act_backward(const at::Device& dev) {
 }
 
 // The library's autograd kernels (csrc/autograd): gradients of calls made through the dispatcher, as any
-// LibTorch program makes them, against ATen autograd; and a clear error for the unsupported double backward.
+// LibTorch program makes them, against ATen autograd, double backward included.
 void test_autograd(const at::Device& dev) {
-  for (const char* name : {"instance_norm_act", "instance_avg_pool", "encode_input"}) {
+  for (const char* name : {"instance_norm_act", "instance_norm_act_pad", "instance_avg_pool", "encode_input"}) {
     ++g_checks;
     if (!find_op(name).hasKernelForDispatchKey(c10::DispatchKey::Autograd))
       fail(__LINE__, std::string("no Autograd kernel registered for pix2pixhd_fast::") + name);
@@ -440,12 +458,22 @@ void test_autograd(const at::Device& dev) {
   ref_norm_act(x, std::nullopt, br2, eps, slope).backward(gy);
   CHECK_CLOSE(gb, br2.grad(), 1e-6, 1e-6, "norm grad_bias, no weight, x without grad");
 
-  // Double backward through the norm: refused with a clear error, never silently zero.
-  Tensor xd3 = leaf(x);
-  const Tensor y3 = std::get<0>(instance_norm_act(xd3, std::nullopt, std::nullopt, eps, slope));
-  const Tensor gx3 = torch::autograd::grad({y3}, {xd3}, {gy.to(dev)}, /*retain_graph=*/true, /*create_graph=*/true)[0];
-  CHECK_TRUE(gx3.requires_grad(), "create_graph=True gives a differentiable-looking grad_x");
-  CHECK_THROWS(gx3.sum().backward(), "double backward is not supported");
+  // Double backward through the norm (gradient penalties): d/d(x, w) of <grad_x, v> against ATen's.
+  {
+    const Tensor v = at::randn(x.sizes(), f64);
+    Tensor xd3 = leaf(x), wd3 = leaf(w), bd3 = leaf(b);
+    const Tensor y3 = std::get<0>(instance_norm_act(xd3, wd3, bd3, eps, slope));
+    const Tensor gx3 =
+        torch::autograd::grad({y3}, {xd3}, {gy.to(dev)}, /*retain_graph=*/true, /*create_graph=*/true)[0];
+    CHECK_TRUE(gx3.requires_grad(), "create_graph=True gives a differentiable grad_x");
+    const auto gg = torch::autograd::grad({(gx3 * v.to(dev)).sum()}, {xd3, wd3});
+    Tensor xr3 = x.clone().set_requires_grad(true), wr3 = w.clone().set_requires_grad(true);
+    const Tensor yr3 = ref_norm_act(xr3, wr3, b, eps, slope);
+    const Tensor gxr3 = torch::autograd::grad({yr3}, {xr3}, {gy}, true, true)[0];
+    const auto ggr = torch::autograd::grad({(gxr3 * v).sum()}, {xr3, wr3});
+    CHECK_CLOSE(gg[0], ggr[0], 1e-6, 1e-6, "norm double backward: d<grad_x, v>/dx");
+    CHECK_CLOSE(gg[1], ggr[1], 1e-6, 1e-6, "norm double backward: d<grad_x, v>/dweight");
+  }
 
   // Pooling is its own adjoint: d/dfeat sum(pool(feat) * g) = pool(g).
   const Tensor ids = at::randint(0, 4, {2, 1, 7, 9}, at::kLong) * 1000 - 1500;
@@ -466,6 +494,73 @@ void test_autograd(const at::Device& dev) {
   enc.backward(genc.to(dev));
   CHECK_TRUE(feat.grad().scalar_type() == at::kFloat, "encode grad_feat in feat's dtype");
   CHECK_CLOSE(feat.grad(), genc.narrow(1, nc + 1, 2), 1e-6, 0, "encode grad_feat = channel slice");
+}
+
+// ReflectionPad2d(pad)(act(norm(x)) + residual), all in ATen.
+Tensor ref_norm_act_pad(const Tensor& x, const OptTensor& w, const OptTensor& b, const OptTensor& res, double eps,
+                        double slope, int64_t pad) {
+  Tensor y = ref_norm_act(x, w, b, eps, slope);
+  if (res.has_value()) y = y + *res;
+  return pad > 0 ? at::reflection_pad2d(y, {pad, pad, pad, pad}) : y;
+}
+
+// The padded-output norm: forward against ATen in NCHW, channels-last and bf16, with and without the residual
+// (read through its strides, as the interior view of a padded buffer); every gradient, through the backward
+// op and through autograd, against ATen's.
+void test_instance_norm_act_pad(const at::Device& dev) {
+  if (!have_kernel("instance_norm_act_pad", dev) || !have_kernel("instance_norm_act_pad_backward", dev)) return;
+  const double eps = 1e-5;
+  const int64_t p = 3;
+  const Tensor x = at::randn({2, 5, 9, 11}) * 2 + 1;
+  const Tensor w = at::rand({5}) + 0.5, b = at::randn({5});
+  // Residual as the interior of a padded buffer: a strided view, not contiguous.
+  const Tensor res_buf = at::randn({2, 5, 9 + 2 * p, 11 + 2 * p});
+  const Tensor res = res_buf.narrow(2, p, 9).narrow(3, p, 11);
+
+  auto [y, mean, rstd] = instance_norm_act_pad(x.to(dev), w.to(dev), b.to(dev), res.to(dev), eps, 0.0, p);
+  CHECK_TRUE(y.sizes() == at::IntArrayRef({2, 5, 9 + 2 * p, 11 + 2 * p}), "padded shape " + sizes_str(y));
+  CHECK_TRUE(mean.sizes() == at::IntArrayRef({2, 5}) && rstd.sizes() == at::IntArrayRef({2, 5}), "stats [N,C]");
+  CHECK_CLOSE(y, ref_norm_act_pad(x, w, b, res, eps, 0.0, p), 1e-4, 1e-5, "affine + ReLU + residual, pad 3");
+  CHECK_CLOSE(mean, x.mean({2, 3}), 1e-5, 1e-5, "saved mean");
+
+  const Tensor x_cl = x.contiguous(at::MemoryFormat::ChannelsLast);
+  const Tensor y_cl = std::get<0>(instance_norm_act_pad(x_cl.to(dev), std::nullopt, std::nullopt, std::nullopt,
+                                                        eps, 0.2, 1));
+  CHECK_TRUE(y_cl.is_contiguous(at::MemoryFormat::ChannelsLast), "channels-last in -> channels-last out");
+  CHECK_CLOSE(y_cl, ref_norm_act_pad(x, std::nullopt, std::nullopt, std::nullopt, eps, 0.2, 1), 1e-4, 1e-5,
+              "channels-last LeakyReLU 0.2, pad 1");
+
+  const Tensor y_bf = std::get<0>(
+      instance_norm_act_pad(x.to(at::kBFloat16).to(dev), w.to(dev), b.to(dev), std::nullopt, eps, 1.0, 2));
+  CHECK_TRUE(y_bf.scalar_type() == at::kBFloat16, "bfloat16 in -> bfloat16 out");
+  CHECK_CLOSE(y_bf, ref_norm_act_pad(x.to(at::kBFloat16).to(at::kFloat), w, b, std::nullopt, eps, 1.0, 2), 2e-2,
+              2e-2, "bfloat16, identity activation, pad 2");
+
+  CHECK_THROWS(instance_norm_act_pad(x.narrow(3, 0, 3).to(dev), w.to(dev), b.to(dev), std::nullopt, eps, 0.0, 3),
+               "pad < H and pad < W");
+
+  // Backward in fp64: the op and autograd, against ATen autograd of the composition.
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  const Tensor xd = x.to(at::kDouble), wd = w.to(at::kDouble), bd = b.to(at::kDouble), rd = res.to(at::kDouble);
+  const Tensor gy = at::randn({2, 5, 9 + 2 * p, 11 + 2 * p}, f64);
+  Tensor xr = xd.clone().set_requires_grad(true), wr = wd.clone().set_requires_grad(true);
+  Tensor br = bd.clone().set_requires_grad(true), rr = rd.clone().set_requires_grad(true);
+  ref_norm_act_pad(xr, wr, br, rr, eps, 0.2, p).backward(gy);
+
+  auto [y2, m2, r2] = instance_norm_act_pad(xd.to(dev), wd.to(dev), bd.to(dev), rd.to(dev), eps, 0.2, p);
+  auto [gx, gw, gb, gres] = instance_norm_act_pad_backward(gy.to(dev), xd.to(dev), m2, r2, wd.to(dev),
+                                                           bd.to(dev), 0.2, p, {true, true, true, true});
+  CHECK_CLOSE(gx, xr.grad(), 1e-6, 1e-6, "pad backward op: grad_x");
+  CHECK_CLOSE(gw, wr.grad(), 1e-6, 1e-6, "pad backward op: grad_weight");
+  CHECK_CLOSE(gb, br.grad(), 1e-6, 1e-6, "pad backward op: grad_bias");
+  CHECK_CLOSE(gres, rr.grad(), 1e-9, 1e-9, "pad backward op: grad_residual (border folded)");
+
+  const auto leaf = [&](const Tensor& t) { return t.to(dev).clone().set_requires_grad(true); };
+  Tensor xa = leaf(xd), wa = leaf(wd), ba = leaf(bd), ra = leaf(rd);
+  std::get<0>(instance_norm_act_pad(xa, wa, ba, ra, eps, 0.2, p)).backward(gy.to(dev));
+  CHECK_CLOSE(xa.grad(), xr.grad(), 1e-6, 1e-6, "pad autograd: grad_x");
+  CHECK_CLOSE(wa.grad(), wr.grad(), 1e-6, 1e-6, "pad autograd: grad_weight");
+  CHECK_CLOSE(ra.grad(), rr.grad(), 1e-9, 1e-9, "pad autograd: grad_residual");
 }
 
 void test_build_info() {
@@ -504,7 +599,8 @@ int main() {
 
   run("schemas registered", [] {
     for (const char* name : {"instance_boundary", "encode_input", "instance_avg_pool", "instance_norm_act",
-                             "instance_norm_act_backward", "build_info"}) {
+                             "instance_norm_act_backward", "instance_norm_act_pad", "instance_norm_act_pad_backward",
+                             "build_info"}) {
       ++g_checks;
       find_op(name);  // throws with a clear message when the library was not loaded
     }
@@ -517,6 +613,7 @@ int main() {
     run("instance_avg_pool" + d, [&] { test_instance_avg_pool(dev); });
     run("instance_norm_act" + d, [&] { test_instance_norm_act(dev); });
     run("instance_norm_act_backward" + d, [&] { test_instance_norm_act_backward(dev); });
+    run("instance_norm_act_pad" + d, [&] { test_instance_norm_act_pad(dev); });
     run("autograd" + d, [&] { test_autograd(dev); });
   }
 
