@@ -19,7 +19,7 @@ RESIDUALS = [None, "dense", "view"]
 # Odd sizes, a 1-pixel-wide plane (pad 0 only), and sizes just above the pad (reflection reaches the far edge).
 SHAPES = {
     0: [(2, 3, 7, 5), (1, 4, 1, 9), (2, 5, 6, 1), (1, 8, 12, 16)],
-    1: [(2, 3, 7, 5), (1, 4, 2, 2), (2, 5, 3, 9), (1, 8, 12, 16)],
+    1: [(2, 3, 7, 5), (1, 4, 2, 2), (2, 5, 3, 9), (1, 8, 12, 16), (1, 40, 6, 7)],
     3: [(2, 3, 7, 5), (1, 4, 4, 4), (1, 8, 12, 16)],
 }
 

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "common/cpu_elem.h"
+#include "common/cpu_norm_loops.h"
 #include "common/instance_norm_act_host.h"
 #include "common/op_utils.h"
 
@@ -34,18 +35,6 @@ using namespace norm_host;
 
 template <typename T>
 using acc_t = typename Elem<T>::acc;
-
-// Running (count, mean, M2) in double; Chan's parallel merge.
-struct Moments {
-  double n = 0, mean = 0, m2 = 0;
-  void merge(double nb, double mb, double m2b) {
-    if (nb <= 0) return;
-    const double tot = n + nb, delta = mb - mean, f = nb / tot;
-    mean += delta * f;
-    m2 += m2b + delta * delta * n * f;
-    n = tot;
-  }
-};
 
 // Lanes per accumulator array: two 512-bit registers' worth, so that two dependency chains overlap.
 template <typename A>
@@ -60,8 +49,6 @@ inline A slope_select(A z, A slope) {
 
 // ------------------------------------------------------------------------------------------------
 // Loop bodies. Always inlined into the ISA-specific wrappers below, which decide the vector width.
-
-#define P2PHD_INLINE inline __attribute__((always_inline))
 
 // Moments of one contiguous range.
 template <typename T>
@@ -176,20 +163,7 @@ P2PHD_INLINE void cl_moments_body(const T* __restrict__ x, int64_t np, int64_t C
   const int64_t bp = std::max<int64_t>(1, kBlock / C);  // pixels per two-pass block
   for (int64_t p0 = 0; p0 < np; p0 += bp) {
     const int64_t len = std::min(bp, np - p0);
-    const T* p = x + p0 * C;
-    for (int64_t c = 0; c < C; ++c) s[c] = 0;
-    for (int64_t q = 0; q < len; ++q)
-      for (int64_t c = 0; c < C; ++c) s[c] += Elem<T>::load(p[q * C + c]);
-    const A inv = A(1) / static_cast<A>(len);
-    for (int64_t c = 0; c < C; ++c) {
-      mb[c] = s[c] * inv;
-      s[c] = 0;
-    }
-    for (int64_t q = 0; q < len; ++q)
-      for (int64_t c = 0; c < C; ++c) {
-        const A d = Elem<T>::load(p[q * C + c]) - mb[c];
-        s[c] += d * d;
-      }
+    cl_block_moments(x + p0 * C, len, C, mb, s);
     // Chan merge of this block (len pixels) into the chunk's running per-channel moments.
     const double tot = *cnt + len, f = len / tot, na = *cnt;
     for (int64_t c = 0; c < C; ++c) {
@@ -207,8 +181,8 @@ P2PHD_INLINE void cl_normalize_body(const T* __restrict__ x, T* __restrict__ y, 
                                     const acc_t<T>* __restrict__ beta, acc_t<T> slope) {
   using A = acc_t<T>;
   for (int64_t q = 0; q < np; ++q) {
-    const T* px = x + q * C;
-    T* py = y + q * C;
+    const T* __restrict__ px = x + q * C;
+    T* __restrict__ py = y + q * C;
     for (int64_t c = 0; c < C; ++c) {
       const A z = (Elem<T>::load(px[c]) - mean[c]) * a[c] + beta[c];
       py[c] = Elem<T>::store(slope_select(z, slope));
@@ -227,6 +201,8 @@ struct ClCoef {
   const A* m2;
 };
 
+// Channels-last backward sums over `np` pixels: sdz[c] += sum(dz), sdzx[c] += sum(dz * xhat), per pixel block
+// (float partials, double totals). `s` is scratch of 2*C accumulators.
 template <typename T>
 P2PHD_INLINE void cl_bwd_sums_body(const T* __restrict__ x, const T* __restrict__ dy, int64_t np, int64_t C,
                                    ClCoef<acc_t<T>> k, acc_t<T> slope, acc_t<T>* __restrict__ s,
@@ -239,19 +215,35 @@ P2PHD_INLINE void cl_bwd_sums_body(const T* __restrict__ x, const T* __restrict_
   const A* __restrict__ w = k.w;
   const A* __restrict__ beta = k.beta;
   const int64_t bp = std::max<int64_t>(1, kBlock / C);
+  const auto xhat = [&](const T* px, int64_t c) { return (Elem<T>::load(px[c]) - mean[c]) * rstd[c]; };
+  const auto dz = [&](A xh, const T* pg, int64_t c) {
+    const A g = Elem<T>::load(pg[c]);
+    return xh * w[c] + beta[c] > A(0) ? g : g * slope;
+  };
   for (int64_t p0 = 0; p0 < np; p0 += bp) {
     const int64_t len = std::min(bp, np - p0);
     for (int64_t c = 0; c < C; ++c) s1[c] = s2[c] = 0;
-    for (int64_t q = p0; q < p0 + len; ++q) {
+    // Four pixels per accumulator update (see kPixelUnroll).
+    int64_t q = p0;
+    for (; q + 4 <= p0 + len; q += 4) {
       const T* px = x + q * C;
       const T* pg = dy + q * C;
+#pragma GCC ivdep  // s1, s2 never overlap x or dy
       for (int64_t c = 0; c < C; ++c) {
-        const A xh = (Elem<T>::load(px[c]) - mean[c]) * rstd[c];
-        const A z = xh * w[c] + beta[c];
-        const A g = Elem<T>::load(pg[c]);
-        const A dz = z > A(0) ? g : g * slope;
-        s1[c] += dz;
-        s2[c] += dz * xh;
+        const A x0 = xhat(px, c), x1 = xhat(px + C, c), x2 = xhat(px + 2 * C, c), x3 = xhat(px + 3 * C, c);
+        const A d0 = dz(x0, pg, c), d1 = dz(x1, pg + C, c), d2 = dz(x2, pg + 2 * C, c), d3 = dz(x3, pg + 3 * C, c);
+        s1[c] += (d0 + d1) + (d2 + d3);
+        s2[c] += (d0 * x0 + d1 * x1) + (d2 * x2 + d3 * x3);
+      }
+    }
+    for (; q < p0 + len; ++q) {
+      const T* px = x + q * C;
+      const T* pg = dy + q * C;
+#pragma GCC ivdep
+      for (int64_t c = 0; c < C; ++c) {
+        const A xh = xhat(px, c), d = dz(xh, pg, c);
+        s1[c] += d;
+        s2[c] += d * xh;
       }
     }
     for (int64_t c = 0; c < C; ++c) {
@@ -272,9 +264,9 @@ P2PHD_INLINE void cl_bwd_dx_body(const T* __restrict__ x, const T* __restrict__ 
   const A* __restrict__ m1 = k.m1;
   const A* __restrict__ m2 = k.m2;
   for (int64_t q = 0; q < np; ++q) {
-    const T* px = x + q * C;
-    const T* pg = dy + q * C;
-    T* pd = dx + q * C;
+    const T* __restrict__ px = x + q * C;
+    const T* __restrict__ pg = dy + q * C;
+    T* __restrict__ pd = dx + q * C;
     for (int64_t c = 0; c < C; ++c) {
       const A xh = (Elem<T>::load(px[c]) - mean[c]) * rstd[c];
       const A z = xh * w[c] + beta[c];
@@ -375,10 +367,6 @@ int64_t chunk_len(int64_t hw) {  // NCHW elements per task when planes are split
   return std::max<int64_t>(kBlock * 8, (hw + 63) / 64);
 }
 
-template <typename A>
-A rstd_of(double var, double eps) {
-  return static_cast<A>(1.0 / std::sqrt(std::max(var, 0.0) + eps));
-}
 
 template <typename T>
 void forward_nchw(const at::Tensor& x, at::Tensor& y, const acc_t<T>* w, const acc_t<T>* b, double eps,

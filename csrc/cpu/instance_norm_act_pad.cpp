@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "common/cpu_elem.h"
+#include "common/cpu_norm_loops.h"
 #include "common/instance_norm_act_pad_host.h"
 #include "common/op_utils.h"
 #include "common/reflect_pad.h"
@@ -48,24 +49,7 @@ inline T st(acc_t<T> v) {
   return Elem<T>::store(v);
 }
 
-// Running (count, mean, M2) in double; Chan's parallel merge.
-struct Moments {
-  double n = 0, mean = 0, m2 = 0;
-  void merge(double nb, double mb, double m2b) {
-    if (nb <= 0) return;
-    const double tot = n + nb, delta = mb - mean, f = nb / tot;
-    mean += delta * f;
-    m2 += m2b + delta * delta * n * f;
-    n = tot;
-  }
-};
-
 constexpr int64_t kBlock = 4096;  // elements per two-pass block (16 KB fp32: stays in L1)
-
-template <typename A>
-A rstd_of(double var, double eps) {
-  return static_cast<A>(1.0 / std::sqrt(std::max(var, 0.0) + eps));
-}
 
 // A residual read through its strides (null when absent).
 template <typename T>

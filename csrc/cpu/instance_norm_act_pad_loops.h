@@ -2,7 +2,8 @@
 // guard: instance_norm_act_pad.cpp includes this file once per instruction set, each time inside its own namespace
 // under `#pragma GCC target`, and picks one at run time (the package is built for baseline x86-64, where these
 // loops would stay SSE2 and scalar: about 10x slower on an AVX-512 machine). Types and helpers that need no
-// particular instruction set (Moments, Coef, Residual, BwdCoef, ld/st) are defined before the includes.
+// particular instruction set (Coef, Residual, BwdCoef, ld/st; Moments and the block moments in
+// common/cpu_norm_loops.h) are defined before the includes.
 // Branch-free (min/max, a 0/1 mask): a data-dependent branch mispredicts on half of the pixels and keeps the
 // loops from vectorizing.
 template <typename A>
@@ -75,19 +76,7 @@ Coef<acc_t<T>> stats_cl(const T* x, int64_t N, int64_t C, int64_t hw, const acc_
     std::vector<A> s(C), mb(C);
     for (int64_t t = lo; t < hi; ++t) {
       const int64_t n = t / nchunk, p0 = (t % nchunk) * cp, len = std::min(cp, hw - p0);
-      const T* p = x + (n * hw + p0) * C;
-      std::fill(s.begin(), s.end(), A(0));
-      for (int64_t q = 0; q < len; ++q)
-        for (int64_t c = 0; c < C; ++c) s[c] += ld(p[q * C + c]);
-      for (int64_t c = 0; c < C; ++c) {
-        mb[c] = s[c] / static_cast<A>(len);
-        s[c] = 0;
-      }
-      for (int64_t q = 0; q < len; ++q)
-        for (int64_t c = 0; c < C; ++c) {
-          const A d = ld(p[q * C + c]) - mb[c];
-          s[c] += d * d;
-        }
+      cl_block_moments(x + (n * hw + p0) * C, len, C, mb.data(), s.data());
       for (int64_t c = 0; c < C; ++c) {
         pmean[t * C + c] = mb[c];
         pm2[t * C + c] = s[c];
@@ -116,11 +105,11 @@ Coef<acc_t<T>> stats_cl(const T* x, int64_t N, int64_t C, int64_t hw, const acc_
   return k;
 }
 
-// Writes a finished source row (`len` = W elements of `e` values each: e = 1 NCHW, C channels-last) to padded row
-// `dst` of Wo = W + 2p positions, reflecting the borders.
+// Fills the reflected borders of padded row `dst` (Wo = W + 2p positions of `e` values each: e = 1 NCHW, C
+// channels-last) whose interior [p, p + W) is already written.
 template <typename T>
-inline void write_padded_row(const T* row, T* dst, int64_t W, int64_t p, int64_t e) {
-  std::memcpy(dst + p * e, row, sizeof(T) * W * e);
+inline void reflect_row_borders(T* dst, int64_t W, int64_t p, int64_t e) {
+  const T* row = dst + p * e;
   for (int64_t o = 0; o < p; ++o) {
     std::memcpy(dst + o * e, row + reflect(o - p, W) * e, sizeof(T) * e);
     const int64_t o2 = p + W + o;
@@ -128,52 +117,63 @@ inline void write_padded_row(const T* row, T* dst, int64_t W, int64_t p, int64_t
   }
 }
 
+// Normalizes each source row straight into the interior of the first padded row that reads it, fills that row's
+// borders, and copies the finished padded row to the other rows that reflect it (only rows 1..p and H-1-p..H-2
+// have such copies): each output element is written once, plus the border copies.
 template <typename T>
 void normalize_pad(const T* x, T* y, int64_t N, int64_t C, int64_t H, int64_t W, int64_t p, bool cl,
                    const Coef<acc_t<T>>& k, acc_t<T> slope, const Residual<T>& res) {
   using A = acc_t<T>;
   const int64_t Ho = H + 2 * p, Wo = W + 2 * p;
+  const int64_t e = cl ? C : 1;  // values per pixel of a row
+  const auto finish_row = [&](T* plane, const int64_t* rows, int cnt) {
+    T* first = plane + rows[0] * Wo * e;
+    reflect_row_borders(first, W, p, e);
+    for (int i = 1; i < cnt; ++i) std::memcpy(plane + rows[i] * Wo * e, first, sizeof(T) * Wo * e);
+  };
   if (!cl) {
     const int64_t grain = std::max<int64_t>(1, 16384 / W);
     at::parallel_for(0, N * C * H, grain, [&](int64_t lo, int64_t hi) {
-      std::vector<T> row(W);
       int64_t dst_rows[3];
       for (int64_t r = lo; r < hi; ++r) {
         const int64_t pl = r / H, h = r % H, n = pl / C, c = pl % C;
-        const T* px = x + r * W;
+        const int cnt = readers(h, H, p, dst_rows);
+        T* plane = y + pl * Ho * Wo;
+        T* __restrict__ out = plane + dst_rows[0] * Wo + p;
+        const T* __restrict__ px = x + r * W;
         const A mean = k.mean[pl], a = k.a[pl], beta = k.beta[pl];
         const T* rr = res.p ? res.p + n * res.s0 + c * res.s1 + h * res.s2 : nullptr;
         if (rr && res.s3 == 1) {
 #pragma omp simd
-          for (int64_t w = 0; w < W; ++w)
-            row[w] = st<T>(leaky((ld(px[w]) - mean) * a + beta, slope) + ld(rr[w]));
+          for (int64_t w = 0; w < W; ++w) out[w] = st<T>(leaky((ld(px[w]) - mean) * a + beta, slope) + ld(rr[w]));
         } else if (rr) {
           for (int64_t w = 0; w < W; ++w)
-            row[w] = st<T>(leaky((ld(px[w]) - mean) * a + beta, slope) + ld(rr[w * res.s3]));
+            out[w] = st<T>(leaky((ld(px[w]) - mean) * a + beta, slope) + ld(rr[w * res.s3]));
         } else {
 #pragma omp simd
-          for (int64_t w = 0; w < W; ++w) row[w] = st<T>(leaky((ld(px[w]) - mean) * a + beta, slope));
+          for (int64_t w = 0; w < W; ++w) out[w] = st<T>(leaky((ld(px[w]) - mean) * a + beta, slope));
         }
-        const int cnt = readers(h, H, p, dst_rows);
-        for (int i = 0; i < cnt; ++i) write_padded_row(row.data(), y + (pl * Ho + dst_rows[i]) * Wo, W, p, 1);
+        finish_row(plane, dst_rows, cnt);
       }
     });
     return;
   }
   const int64_t grain = std::max<int64_t>(1, 16384 / (W * C));
   at::parallel_for(0, N * H, grain, [&](int64_t lo, int64_t hi) {
-    std::vector<T> row(W * C);
     int64_t dst_rows[3];
     for (int64_t r = lo; r < hi; ++r) {
       const int64_t n = r / H, h = r % H;
+      const int cnt = readers(h, H, p, dst_rows);
+      T* image = y + n * Ho * Wo * C;
+      T* row = image + (dst_rows[0] * Wo + p) * C;
       const T* px = x + r * W * C;
-      const A* mean = &k.mean[n * C];
-      const A* a = &k.a[n * C];
-      const A* beta = &k.beta[n * C];
+      const A* __restrict__ mean = &k.mean[n * C];
+      const A* __restrict__ a = &k.a[n * C];
+      const A* __restrict__ beta = &k.beta[n * C];
       for (int64_t w = 0; w < W; ++w) {
-        T* o = row.data() + w * C;
-        const T* q = px + w * C;
-        const T* rp = res.p ? res.p + n * res.s0 + h * res.s2 + w * res.s3 : nullptr;
+        T* __restrict__ o = row + w * C;
+        const T* __restrict__ q = px + w * C;
+        const T* __restrict__ rp = res.p ? res.p + n * res.s0 + h * res.s2 + w * res.s3 : nullptr;
         if (rp && res.s1 == 1) {
 #pragma omp simd
           for (int64_t c = 0; c < C; ++c)
@@ -186,8 +186,7 @@ void normalize_pad(const T* x, T* y, int64_t N, int64_t C, int64_t H, int64_t W,
           for (int64_t c = 0; c < C; ++c) o[c] = st<T>(leaky((ld(q[c]) - mean[c]) * a[c] + beta[c], slope));
         }
       }
-      const int cnt = readers(h, H, p, dst_rows);
-      for (int i = 0; i < cnt; ++i) write_padded_row(row.data(), y + ((n * Ho + dst_rows[i]) * Wo) * C, W, p, C);
+      finish_row(image, dst_rows, cnt);
     }
   });
 }
@@ -306,11 +305,30 @@ void backward_cl(const T* x, const T* gy, T* gx, T* gres, int64_t N, int64_t C, 
       A* __restrict__ a1 = s1.data();
       A* __restrict__ a2 = s2.data();
       const A* __restrict__ gp = g.data();
-      for (int64_t w = 0; w < W; ++w)
-#pragma omp simd
+      const A* __restrict__ mean = &kmean[o];
+      const A* __restrict__ rstd = &krstd[o];
+      const A* __restrict__ wt = &kw[o];
+      const A* __restrict__ bt = &kb[o];
+      // kPixelUnroll pixels per accumulator update (see cpu_norm_loops.h).
+      int64_t w = 0;
+      for (; w + kPixelUnroll <= W; w += kPixelUnroll)
+#pragma GCC ivdep
         for (int64_t c = 0; c < C; ++c) {
-          const A xh = (ld(px[w * C + c]) - kmean[o + c]) * krstd[o + c];
-          const A dz = leaky_grad(xh * kw[o + c] + kb[o + c], gp[w * C + c], slope);
+          A t1 = 0, t2 = 0;
+          for (int u = 0; u < kPixelUnroll; ++u) {
+            const A xh = (ld(px[(w + u) * C + c]) - mean[c]) * rstd[c];
+            const A dz = leaky_grad(xh * wt[c] + bt[c], gp[(w + u) * C + c], slope);
+            t1 += dz;
+            t2 += dz * xh;
+          }
+          a1[c] += t1;
+          a2[c] += t2;
+        }
+      for (; w < W; ++w)
+#pragma GCC ivdep
+        for (int64_t c = 0; c < C; ++c) {
+          const A xh = (ld(px[w * C + c]) - mean[c]) * rstd[c];
+          const A dz = leaky_grad(xh * wt[c] + bt[c], gp[w * C + c], slope);
           a1[c] += dz;
           a2[c] += dz * xh;
         }
