@@ -191,48 +191,61 @@ void normalize_pad(const T* x, T* y, int64_t N, int64_t C, int64_t H, int64_t W,
   });
 }
 
-// Folded gradient of source row h (e values per pixel): g[w*e + j] = sum over the padded rows and columns that
-// read (h, w) of gy. `gy_img` points at the padded plane (NCHW) or image (channels-last); `tmp` holds Wo*e.
+// Folded gradient of pixels [w0, w1) of a source row (e values per pixel: 1 NCHW, C channels-last) into
+// g[(w - w0) * e + j]: the sum of gy over the padded rows that read the source row (`rows`, `nr` of them, from
+// readers()) at padded column w + p and, for w in 1..p and W-1-p..W-2, at the mirrored columns too (see
+// reflect_pad.h). `gy_img` points at the padded plane (NCHW) or image (channels-last). Done a segment at a time so
+// that g stays in L1 between this fold and the loops that read it.
 template <typename T>
-inline void fold_row(const T* gy_img, int64_t h, int64_t H, int64_t W, int64_t p, int64_t e, acc_t<T>* __restrict__ tmp,
-                     acc_t<T>* __restrict__ g) {
-  const int64_t len = (W + 2 * p) * e;
-  int64_t rows[3];
-  const int nr = readers(h, H, p, rows);
-  const T* __restrict__ r0 = gy_img + rows[0] * len;
+inline void fold_segment(const T* gy_img, const int64_t* rows, int nr, int64_t W, int64_t p, int64_t e, int64_t w0,
+                         int64_t w1, acc_t<T>* __restrict__ g) {
+  const int64_t len = (W + 2 * p) * e, n = (w1 - w0) * e;
+  const T* __restrict__ r0 = gy_img + rows[0] * len + (w0 + p) * e;
 #pragma omp simd
-  for (int64_t i = 0; i < len; ++i) tmp[i] = ld(r0[i]);
+  for (int64_t i = 0; i < n; ++i) g[i] = ld(r0[i]);
   for (int k = 1; k < nr; ++k) {
-    const T* __restrict__ rk = gy_img + rows[k] * len;
+    const T* __restrict__ rk = gy_img + rows[k] * len + (w0 + p) * e;
 #pragma omp simd
-    for (int64_t i = 0; i < len; ++i) tmp[i] += ld(rk[i]);
+    for (int64_t i = 0; i < n; ++i) g[i] += ld(rk[i]);
   }
-  // Columns: the interior, then the mirrors (p reversed into columns 1..p, p into W-1-p..W-2; see reflect_pad.h).
+  const auto add_column = [&](int64_t w, int64_t col) {
+    for (int k = 0; k < nr; ++k) {
+      const T* __restrict__ src = gy_img + rows[k] * len + col * e;
+      acc_t<T>* __restrict__ dst = g + (w - w0) * e;
 #pragma omp simd
-  for (int64_t i = 0; i < W * e; ++i) g[i] = tmp[p * e + i];
-  for (int64_t s = 1; s <= p; ++s)
-    for (int64_t j = 0; j < e; ++j) g[s * e + j] += tmp[(p - s) * e + j];
-  for (int64_t s = W - 1 - p; p > 0 && s <= W - 2; ++s)
-    for (int64_t j = 0; j < e; ++j) g[s * e + j] += tmp[(2 * (W - 1) - s + p) * e + j];
+      for (int64_t j = 0; j < e; ++j) dst[j] += ld(src[j]);
+    }
+  };
+  for (int64_t w = std::max<int64_t>(w0, 1); w < std::min(w1, p + 1); ++w) add_column(w, p - w);
+  for (int64_t w = std::max(w0, W - 1 - p); p > 0 && w < std::min(w1, W - 1); ++w) add_column(w, 2 * (W - 1) - w + p);
 }
 
+// NCHW backward, plane by plane: pass 1 folds each row (into a row buffer in L1) and reduces sum(dz) and
+// sum(dz * xhat); pass 2 folds each row again and writes the folded gradient and dx. Refolding reads the plane's
+// gy a second time while it is still in L2; keeping the folded plane instead (a float buffer twice the size of a
+// bf16 plane) pushed x and gy out of L2 and measured slower.
 template <typename T>
 void backward_nchw(const T* x, const T* gy, T* gx, T* gres, int64_t N, int64_t C, int64_t H, int64_t W, int64_t p,
                    BwdCoef<acc_t<T>> k, acc_t<T> slope, double* sdz, double* sdzx) {
   using A = acc_t<T>;
   const int64_t hw = H * W, Ho = H + 2 * p, Wo = W + 2 * p;
   at::parallel_for(0, N * C, 1, [&](int64_t lo, int64_t hi) {
-    std::vector<A> g(hw), tmp(Wo);
+    std::vector<A> g(W);
     for (int64_t pl = lo; pl < hi; ++pl) {
       const int64_t c = pl % C;
       const A mean = k.mean[pl], rstd = k.rstd[pl], w = k.w ? k.w[c] : A(1), beta = k.b ? k.b[c] : A(0);
       const T* px = x + pl * hw;
+      const T* gy_plane = gy + pl * Ho * Wo;
+      const auto fold = [&](int64_t h) {
+        int64_t rows[3];
+        const int nr = readers(h, H, p, rows);
+        fold_segment(gy_plane, rows, nr, W, p, 1, 0, W, g.data());
+      };
       double d1 = 0, d2 = 0;
       for (int64_t h = 0; h < H; ++h) {
-        A* gr = g.data() + h * W;
-        fold_row(gy + pl * Ho * Wo, h, H, W, p, 1, tmp.data(), gr);
+        fold(h);
         const T* __restrict__ xr = px + h * W;
-        const A* __restrict__ gq = gr;
+        const A* __restrict__ gq = g.data();
         // Independent lanes, as lane_sum: GCC keeps an `omp simd reduction` of two sums scalar here.
         A s1[kLanes] = {}, s2[kLanes] = {};
         int64_t i = 0;
@@ -259,31 +272,40 @@ void backward_nchw(const T* x, const T* gy, T* gx, T* gres, int64_t N, int64_t C
       }
       sdz[pl] = d1;
       sdzx[pl] = d2;
-      const A* __restrict__ gp = g.data();
-      if (gres) {
-        T* __restrict__ out = gres + pl * hw;
-#pragma omp simd
-        for (int64_t i = 0; i < hw; ++i) out[i] = st<T>(gp[i]);
-      }
-      if (!gx) continue;
+      if (!gx && !gres) continue;
       const A m1 = static_cast<A>(d1 / hw), m2 = static_cast<A>(d2 / hw), gs = rstd * w;
-      T* __restrict__ out = gx + pl * hw;
+      for (int64_t h = 0; h < H; ++h) {
+        fold(h);
+        const A* __restrict__ gp = g.data();
+        if (gres) {
+          T* __restrict__ out = gres + pl * hw + h * W;
 #pragma omp simd
-      for (int64_t i = 0; i < hw; ++i) {
-        const A xh = (ld(px[i]) - mean) * rstd;
-        const A dz = leaky_grad(xh * w + beta, gp[i], slope);
-        out[i] = st<T>(gs * (dz - m1 - xh * m2));
+          for (int64_t i = 0; i < W; ++i) out[i] = st<T>(gp[i]);
+        }
+        if (!gx) continue;
+        const T* __restrict__ xr = px + h * W;
+        T* __restrict__ out = gx + pl * hw + h * W;
+#pragma omp simd
+        for (int64_t i = 0; i < W; ++i) {
+          const A xh = (ld(xr[i]) - mean) * rstd;
+          const A dz = leaky_grad(xh * w + beta, gp[i], slope);
+          out[i] = st<T>(gs * (dz - m1 - xh * m2));
+        }
       }
     }
   });
 }
 
+// Channels-last backward, row by row: pass 1 reduces per-row partial sums per channel, pass 2 writes dx and the
+// folded gradient. Each row is folded in segments of pixels whose float gradient fits in L1 (a whole folded row
+// of 512 pixels x 64 channels is 128 KB, which spilled to L2 and back in both passes).
 template <typename T>
 void backward_cl(const T* x, const T* gy, T* gx, T* gres, int64_t N, int64_t C, int64_t H, int64_t W, int64_t p,
                  BwdCoef<acc_t<T>> k, acc_t<T> slope, double* sdz, double* sdzx) {
   using A = acc_t<T>;
   const int64_t Ho = H + 2 * p, Wo = W + 2 * p, hw = H * W;
   const int64_t grain = std::max<int64_t>(1, 16384 / (W * C));
+  const int64_t seg = std::max<int64_t>(kPixelUnroll, 2048 / C);  // pixels per folded segment (8 KB of fp32)
   std::vector<A> kmean(N * C), krstd(N * C), kw(N * C), kb(N * C), km1(N * C), km2(N * C);
   for (int64_t pl = 0; pl < N * C; ++pl) {
     const int64_t c = pl % C;
@@ -295,43 +317,48 @@ void backward_cl(const T* x, const T* gy, T* gx, T* gres, int64_t N, int64_t C, 
   // Pass 1: per-row partial sums per channel.
   std::vector<double> p1(N * H * C), p2(N * H * C);
   at::parallel_for(0, N * H, grain, [&](int64_t lo, int64_t hi) {
-    std::vector<A> g(W * C), tmp(Wo * C), s1(C), s2(C);
+    std::vector<A> g(seg * C), s1(C), s2(C);
     for (int64_t r = lo; r < hi; ++r) {
       const int64_t n = r / H, h = r % H, o = n * C;
-      fold_row(gy + n * Ho * Wo * C, h, H, W, p, C, tmp.data(), g.data());
+      int64_t rows[3];
+      const int nr = readers(h, H, p, rows);
       std::fill(s1.begin(), s1.end(), A(0));
       std::fill(s2.begin(), s2.end(), A(0));
-      const T* px = x + r * W * C;
       A* __restrict__ a1 = s1.data();
       A* __restrict__ a2 = s2.data();
-      const A* __restrict__ gp = g.data();
       const A* __restrict__ mean = &kmean[o];
       const A* __restrict__ rstd = &krstd[o];
       const A* __restrict__ wt = &kw[o];
       const A* __restrict__ bt = &kb[o];
-      // kPixelUnroll pixels per accumulator update (see cpu_norm_loops.h).
-      int64_t w = 0;
-      for (; w + kPixelUnroll <= W; w += kPixelUnroll)
+      for (int64_t w0 = 0; w0 < W; w0 += seg) {
+        const int64_t w1 = std::min(W, w0 + seg), len = w1 - w0;
+        fold_segment(gy + n * Ho * Wo * C, rows, nr, W, p, C, w0, w1, g.data());
+        const T* __restrict__ px = x + (r * W + w0) * C;
+        const A* __restrict__ gp = g.data();
+        // kPixelUnroll pixels per accumulator update (see cpu_norm_loops.h).
+        int64_t q = 0;
+        for (; q + kPixelUnroll <= len; q += kPixelUnroll)
 #pragma GCC ivdep
-        for (int64_t c = 0; c < C; ++c) {
-          A t1 = 0, t2 = 0;
-          for (int u = 0; u < kPixelUnroll; ++u) {
-            const A xh = (ld(px[(w + u) * C + c]) - mean[c]) * rstd[c];
-            const A dz = leaky_grad(xh * wt[c] + bt[c], gp[(w + u) * C + c], slope);
-            t1 += dz;
-            t2 += dz * xh;
+          for (int64_t c = 0; c < C; ++c) {
+            A t1 = 0, t2 = 0;
+            for (int u = 0; u < kPixelUnroll; ++u) {
+              const A xh = (ld(px[(q + u) * C + c]) - mean[c]) * rstd[c];
+              const A dz = leaky_grad(xh * wt[c] + bt[c], gp[(q + u) * C + c], slope);
+              t1 += dz;
+              t2 += dz * xh;
+            }
+            a1[c] += t1;
+            a2[c] += t2;
           }
-          a1[c] += t1;
-          a2[c] += t2;
-        }
-      for (; w < W; ++w)
+        for (; q < len; ++q)
 #pragma GCC ivdep
-        for (int64_t c = 0; c < C; ++c) {
-          const A xh = (ld(px[w * C + c]) - mean[c]) * rstd[c];
-          const A dz = leaky_grad(xh * wt[c] + bt[c], gp[w * C + c], slope);
-          a1[c] += dz;
-          a2[c] += dz * xh;
-        }
+          for (int64_t c = 0; c < C; ++c) {
+            const A xh = (ld(px[q * C + c]) - mean[c]) * rstd[c];
+            const A dz = leaky_grad(xh * wt[c] + bt[c], gp[q * C + c], slope);
+            a1[c] += dz;
+            a2[c] += dz * xh;
+          }
+      }
       for (int64_t c = 0; c < C; ++c) {
         p1[r * C + c] = s1[c];
         p2[r * C + c] = s2[c];
@@ -353,27 +380,37 @@ void backward_cl(const T* x, const T* gy, T* gx, T* gres, int64_t N, int64_t C, 
   if (!gx && !gres) return;
   // Pass 2: fold again, write dx and the folded gradient.
   at::parallel_for(0, N * H, grain, [&](int64_t lo, int64_t hi) {
-    std::vector<A> g(W * C), tmp(Wo * C);
+    std::vector<A> g(seg * C);
     for (int64_t r = lo; r < hi; ++r) {
       const int64_t n = r / H, h = r % H, o = n * C;
-      fold_row(gy + n * Ho * Wo * C, h, H, W, p, C, tmp.data(), g.data());
-      const A* __restrict__ gp = g.data();
-      if (gres) {
-        T* __restrict__ out = gres + r * W * C;
+      int64_t rows[3];
+      const int nr = readers(h, H, p, rows);
+      const A* __restrict__ mean = &kmean[o];
+      const A* __restrict__ rstd = &krstd[o];
+      const A* __restrict__ wt = &kw[o];
+      const A* __restrict__ bt = &kb[o];
+      const A* __restrict__ u1 = &km1[o];
+      const A* __restrict__ u2 = &km2[o];
+      for (int64_t w0 = 0; w0 < W; w0 += seg) {
+        const int64_t w1 = std::min(W, w0 + seg), n_el = (w1 - w0) * C;
+        fold_segment(gy + n * Ho * Wo * C, rows, nr, W, p, C, w0, w1, g.data());
+        const A* __restrict__ gp = g.data();
+        if (gres) {
+          T* __restrict__ out = gres + (r * W + w0) * C;
 #pragma omp simd
-        for (int64_t i = 0; i < W * C; ++i) out[i] = st<T>(gp[i]);
-      }
-      if (!gx) continue;
-      const T* __restrict__ px = x + r * W * C;
-      T* __restrict__ pd = gx + r * W * C;
-      for (int64_t w = 0; w < W; ++w)
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) {
-          const A xh = (ld(px[w * C + c]) - kmean[o + c]) * krstd[o + c];
-          const A gv = gp[w * C + c];
-          const A dz = leaky_grad(xh * kw[o + c] + kb[o + c], gv, slope);
-          pd[w * C + c] = st<T>(krstd[o + c] * kw[o + c] * (dz - km1[o + c] - xh * km2[o + c]));
+          for (int64_t i = 0; i < n_el; ++i) out[i] = st<T>(gp[i]);
         }
+        if (!gx) continue;
+        const T* __restrict__ px = x + (r * W + w0) * C;
+        T* __restrict__ pd = gx + (r * W + w0) * C;
+        for (int64_t q = 0; q < w1 - w0; ++q)
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) {
+            const A xh = (ld(px[q * C + c]) - mean[c]) * rstd[c];
+            const A dz = leaky_grad(xh * wt[c] + bt[c], gp[q * C + c], slope);
+            pd[q * C + c] = st<T>(rstd[c] * wt[c] * (dz - u1[c] - xh * u2[c]));
+          }
+      }
     }
   });
 }
