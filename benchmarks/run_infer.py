@@ -63,7 +63,7 @@ from run_ops import _loadavg, machine_info  # noqa: E402
 from run_train import COMMON, PRESETS, CpuLoad, Problem, load_line, make_batch  # noqa: E402
 from tables import fmt_t, infer_table, md_table, text_table  # noqa: E402
 from targets import infer_targets  # noqa: E402
-from timing import measure_interleaved, ratio_ci, summary  # noqa: E402
+from timing import measure_interleaved, ratio_ci, steady_cpu_allocator, summary  # noqa: E402
 
 from pix2pixhd_fast.export.backends import InferenceBackend, make_backend  # noqa: E402
 from pix2pixhd_fast.models.pix2pixhd import Pix2PixHDModel  # noqa: E402
@@ -433,6 +433,8 @@ def main(argv=None) -> dict:
     device = args.device
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("run_infer.py: --device cuda but torch sees no CUDA GPU")
+    if device == "cpu":
+        steady_cpu_allocator()
     if args.threads:
         torch.set_num_threads(args.threads)
     problems = [p for p in problems_for(args.sizes) if args.problem_names is None or p.name in args.problem_names]

@@ -36,7 +36,7 @@ import targets  # noqa: E402
 import torch  # noqa: E402
 from cases import SIZES, Case, Impl, build_cases, count_instances  # noqa: E402
 from tables import floor_table, fmt_ratio, fmt_t, md_table, ratio_table, text_table  # noqa: E402
-from timing import measure_interleaved, median_ci, ratio_ci  # noqa: E402
+from timing import allocator_state, measure_interleaved, median_ci, ratio_ci, steady_cpu_allocator  # noqa: E402
 
 import pix2pixhd_fast  # noqa: E402
 from pix2pixhd_fast.utils.files import atomic_write  # noqa: E402
@@ -91,6 +91,7 @@ def machine_info(device: str) -> dict[str, Any]:
         "build_info": pix2pixhd_fast.build_info(),
         "cpu_count": os.cpu_count(),
         "loadavg_start": _loadavg(),
+        "allocator": allocator_state(),
     }
     if device == "cuda":
         p = torch.cuda.get_device_properties(0)
@@ -325,6 +326,8 @@ def machine_lines(res: dict) -> list[str]:
         )
     lines.append(f"CPU: {m['cpu']} ({m['cpu_capability']}; {' '.join(m['cpu_flags'])}); torch threads: {m['threads']}")
     lines.append(f"torch {m['torch']}, CUDA {m['cuda']}, Python {m['python']}")
+    if s["device"] == "cpu":
+        lines.append(f"CPU allocator: {m.get('allocator', 'default')} (see benchmarks/timing.py)")
     load = [m.get("loadavg_start"), m.get("loadavg_end")]
     if load[0] is not None:
         note = ""
@@ -436,6 +439,8 @@ def main(argv=None) -> dict:
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("run_ops.py: --device cuda but torch sees no CUDA GPU")
     sizes = args.sizes or ("gpu" if device == "cuda" else "cpu")
+    if device == "cpu":
+        steady_cpu_allocator()
     if args.threads:
         torch.set_num_threads(args.threads)
     max_s = args.max_seconds if args.max_seconds is not None else {"tiny": 0.5, "cpu": 4.0, "gpu": 2.0}[sizes]

@@ -51,6 +51,7 @@ from cases import (  # noqa: E402
 from run_ops import _loadavg, add_floor, machine_info, measure_peak_bandwidth, run_case  # noqa: E402
 from run_train import CpuLoad  # noqa: E402
 from tables import fmt_ratio, fmt_t  # noqa: E402
+from timing import steady_cpu_allocator  # noqa: E402
 
 from pix2pixhd_fast.utils.files import atomic_write  # noqa: E402
 
@@ -149,6 +150,8 @@ def main(argv=None) -> dict:
     device = args.device
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("run_scaling.py: --device cuda but torch sees no CUDA GPU")
+    if device == "cpu":
+        steady_cpu_allocator()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

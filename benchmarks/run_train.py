@@ -65,7 +65,7 @@ from cases import LABEL_NC, cityscapes_like  # noqa: E402
 from run_ops import _loadavg, machine_info  # noqa: E402
 from tables import fmt_t, md_table, nets_table, profile_tables, text_table  # noqa: E402
 from targets import train_targets  # noqa: E402
-from timing import measure_interleaved, ratio_ci, summary  # noqa: E402
+from timing import measure_interleaved, ratio_ci, steady_cpu_allocator, summary  # noqa: E402
 
 from pix2pixhd_fast.models import pix2pixhd as p2p_model  # noqa: E402
 from pix2pixhd_fast.models.pix2pixhd import Pix2PixHDModel  # noqa: E402
@@ -1250,6 +1250,8 @@ def main(argv=None) -> dict:
     device = args.device
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("run_train.py: --device cuda but torch sees no CUDA GPU")
+    if device == "cpu":
+        steady_cpu_allocator()
     if args.threads:
         torch.set_num_threads(args.threads)
     problems = PRESETS[args.sizes]

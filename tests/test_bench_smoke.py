@@ -678,3 +678,44 @@ def test_run_ops_budget_skips_and_writes(tmp_path):
     assert res["rows"] == [] and res["complete"]
     assert res["skipped"] == ["instance_boundary[int32-ids-fp32-out]", "encode_input[bf16-CL]"]
     assert json.loads(js.read_text())["skipped"] == res["skipped"]
+
+
+_FAULTS_SNIPPET = r"""
+import os, resource, sys
+sys.path.insert(0, os.path.join(sys.argv[1], "benchmarks"))
+from timing import steady_cpu_allocator, allocator_state
+state = steady_cpu_allocator()  # first, as the benchmarks call it: before any large block exists
+import torch
+
+def faults_per_alloc():
+    # 48 MiB: above glibc's largest dynamic mmap threshold (32 MiB)
+    for _ in range(20):
+        torch.empty(12 << 20).fill_(1.0)  # the heap settles at its working size (measured: about 10 calls)
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        torch.empty(12 << 20).fill_(1.0)
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / 5
+
+print(faults_per_alloc(), state, allocator_state())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_steady_cpu_allocator_stops_page_faults_per_call():
+    # 48 MiB is 12288 pages: with glibc's defaults every allocation maps them fresh and faults each one; once
+    # the threshold is raised the block is reused from the heap and (almost) nothing faults.
+    import subprocess
+
+    def run(**extra):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "P2PHD_BENCH_DEFAULT_MALLOC"}
+        env.update(extra)
+        cmd = [sys.executable, "-c", _FAULTS_SNIPPET, ROOT]
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout.split()
+        return float(out[0]), " ".join(out[1:])
+
+    default_faults, state = run(P2PHD_BENCH_DEFAULT_MALLOC="1")
+    assert state == "default default"
+    assert default_faults > 6000, f"glibc's defaults did not fault per call ({default_faults}): nothing is tested"
+    faults, state = run()
+    assert state.startswith("glibc, mmap threshold 1 GiB")
+    assert faults < 200, f"{faults} page faults per 48 MiB allocation after steady_cpu_allocator()"

@@ -12,7 +12,7 @@ import textwrap
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-INNER = '''
+INNER = """
 import pytest
 
 from tests.conftest import DEVICES
@@ -57,7 +57,7 @@ def test_cuda_build_xfail():
 
 def test_passes():
     pass
-'''
+"""
 
 CUDA_TESTS = {
     "test_cuda_marked",
