@@ -184,6 +184,8 @@ def _conditions(data: dict) -> str:
     parts = []
     if m.get("threads") is not None:
         parts.append(f"{m['threads']} torch threads")
+    if m.get("allocator") and m["allocator"] != "default":
+        parts.append(f"allocator: {m['allocator']}")
     load = data.get("load") or {}
     if m.get("loadavg_start") is not None:
         parts.append(f"load average {m.get('loadavg_start')} -> {m.get('loadavg_end')} on {m.get('cpu_count')} CPUs")
