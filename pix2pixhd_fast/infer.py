@@ -43,6 +43,7 @@ from .train.visualizer import save_image, write_html_page
 
 __all__ = ["psnr", "load_model", "run_test"]
 
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """Peak signal-to-noise ratio (dB) of two uint8 images of the same shape (inf when identical)."""
     if a.shape != b.shape:

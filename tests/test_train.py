@@ -13,6 +13,7 @@ import copy
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 
@@ -483,6 +484,24 @@ def test_failed_checkpoint_write_leaves_no_temp_and_resumes(data, tmp_path, monk
 
 # ---------------------------------------------------------------------------------------------------------------
 # DDP
+
+
+def test_ddp_signal_on_one_rank_stops_every_rank_after_the_same_step(data, tmp_path):
+    """SIGINT reaches rank 1 only, as its 2nd step finishes: both ranks stop after step 2 (rank 0 learns of it
+    through the ranks' agreement), rank 0 saves 'latest' at iteration 2, and nobody waits in a collective that the
+    other rank never joins (that would hang until the process group's 30-minute timeout: the subprocess timeout
+    fails the test instead)."""
+    args = tiny_args(data, tmp_path, "ddp_sig", "--niter", "3", "--niter_decay", "0")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", WORKER, "ddp-signal"]
+    proc = subprocess.run(
+        [*cmd, str(tmp_path), *args], cwd=tmp_path, capture_output=True, text=True, timeout=240, env=subprocess_env()
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    for r in ranks:
+        assert r["signal"] == signal.SIGINT and r["iterations"] == 2 and r["steps"] == 2, r
+    state = load_state(tmp_path / "ddp_sig")
+    assert state["iterations"] == 2 and state["world_size"] == 2
 
 
 def test_ddp_two_gloo_processes_keep_identical_weights(data, tmp_path):

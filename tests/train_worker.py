@@ -7,6 +7,11 @@ Not collected by pytest (no ``test_`` prefix). Two modes:
     ``OUT_DIR/rank<r>.pt`` with its final network weights (G, D, E), the label paths of the batches it trained on
     and the world size it saw. Only rank 0 writes checkpoints, so this is how a test sees the other ranks.
 
+``python tests/train_worker.py ddp-signal OUT_DIR TRAIN_ARGS...``
+    Run under ``torch.distributed.run``: rank 1 (only) sends itself SIGINT as its second step finishes, as when
+    a signal reaches one rank of a job; every rank writes ``OUT_DIR/rank<r>.pt`` with the iterations it trained,
+    and the signal and position of the TrainingInterrupted it ended with (none: it returned normally).
+
 ``python tests/train_worker.py kill-during-save KILL_AT TRAIN_ARGS...``
     Train, and the first time a training state of iteration >= KILL_AT is saved, write half of its bytes to
     the checkpoint's temporary file and SIGKILL this process: a crash in the middle of a checkpoint write, after
@@ -47,6 +52,33 @@ def _ddp(out_dir: str, argv: list[str]) -> None:
     cleanup_distributed()
 
 
+def _ddp_signal(out_dir: str, argv: list[str]) -> None:
+    from pix2pixhd_fast.options import parse_train
+    from pix2pixhd_fast.train import Trainer
+    from pix2pixhd_fast.train.distributed import cleanup_distributed
+    from pix2pixhd_fast.train.trainer import TrainingInterrupted
+
+    trainer = Trainer(parse_train(argv))
+    rank, step, steps = trainer.dist.rank, trainer.train_step, []
+
+    def step_then_signal(batch):
+        out = step(batch)
+        steps.append(1)
+        if rank == 1 and len(steps) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    trainer.train_step = step_then_signal
+    result = {"rank": rank, "steps": len(steps), "signal": None}
+    try:
+        trainer.train()
+    except TrainingInterrupted as e:
+        result.update(signal=e.signum, iterations=e.iterations)
+    result["steps"] = len(steps)
+    torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+    cleanup_distributed()
+
+
 def _kill_during_save(kill_at: int, argv: list[str]) -> None:
     from pix2pixhd_fast.options import parse_train
     from pix2pixhd_fast.train import train
@@ -73,6 +105,8 @@ def main() -> None:
     mode, arg, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
     if mode == "ddp":
         _ddp(arg, argv)
+    elif mode == "ddp-signal":
+        _ddp_signal(arg, argv)
     elif mode == "kill-during-save":
         _kill_during_save(int(arg), argv)
     else:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "is_torchrun"]
+__all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "is_torchrun", "host_group", "agree_max"]
 
 
 @dataclass(frozen=True)
@@ -56,3 +56,26 @@ def init_distributed(device_type: str) -> DistInfo:
 def cleanup_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def host_group(info: DistInfo):
+    """A process group for small host-side agreements (a gloo group beside nccl; the default group under gloo).
+
+    Collective: every rank must call it, in the same order. None for a single process.
+    """
+    if not info.enabled:
+        return None
+    return dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
+
+
+def agree_max(value: int, info: DistInfo, group) -> int:
+    """The largest ``value`` over all ranks (``value`` itself for a single process).
+
+    A CPU all-reduce over ``group`` (see :func:`host_group`): it waits for the other ranks, never for the GPU,
+    so queued kernels keep running while the ranks agree.
+    """
+    if not info.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+    return int(t.item())

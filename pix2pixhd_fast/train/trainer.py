@@ -41,7 +41,7 @@ from ..models.checkpoint import (
 from ..models.pix2pixhd import Pix2PixHDModel
 from ..options import save_options
 from ..utils.files import atomic_write
-from .distributed import DistInfo, cleanup_distributed, init_distributed
+from .distributed import DistInfo, agree_max, cleanup_distributed, host_group, init_distributed
 from .graphs import GraphedTrainStep, check_cuda_graph_options, match_capturable, set_learning_rate
 from .memory import enable_selective_checkpointing
 from .schedule import fixes_global, learning_rate, total_epochs, trainable_generator_params
@@ -228,6 +228,7 @@ class Trainer:
             else "cpu"
         )
         self.dist = init_distributed(device_type)
+        self._host_group = host_group(self.dist)  # where the ranks agree on stopping (see train)
         self.device = resolve_device(opt, self.dist)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
@@ -510,7 +511,12 @@ class Trainer:
         """Run the schedule from where the progress stands; returns a summary (last losses, images/s, epochs).
 
         SIGINT / SIGTERM (in the main thread) finish the current step, save ``latest`` and raise
-        :class:`TrainingInterrupted`; a second signal interrupts at once (KeyboardInterrupt)."""
+        :class:`TrainingInterrupted`; a second signal interrupts at once (KeyboardInterrupt).
+
+        In a distributed run every rank stops after the same step: a signal often reaches the ranks at different
+        times (or only one of them), and a rank that stopped alone would leave the others waiting in the next
+        step's gradient all-reduce until the process group's timeout. After each step the ranks take the largest
+        pending signal number (one CPU all-reduce of a scalar) and all act on it."""
         opt, p = self.opt, self.progress
         n_epochs = total_epochs(opt)
         per_epoch = len(self.loader) * opt.batchSize
@@ -519,10 +525,15 @@ class Trainer:
         t_start, images_done = time.perf_counter(), 0
         from tqdm import tqdm
 
-        stop: list[int] = []  # filled by the signal handlers with the signal that asked to stop
+        stop: list[int] = []  # filled by this process's signal handlers with the signal that asked to stop
         restore_signals = _stop_on_signals(stop)
+        stop_signal = 0  # the signal all ranks agreed to stop on (0: go on)
+
+        def agreed_stop() -> int:
+            return agree_max(stop[0] if stop else 0, self.dist, self._host_group)
+
         try:
-            while p.epoch <= n_epochs and p.iterations < max_iters and not stop:
+            while p.epoch <= n_epochs and p.iterations < max_iters and not (stop_signal := agreed_stop()):
                 epoch = p.epoch
                 if self.fix_global and not fixes_global(epoch, opt):
                     self._unfix_global()
@@ -548,7 +559,8 @@ class Trainer:
                     images_done += opt.batchSize * self.dist.world_size
                     self._open_outputs()
                     bar.update(1)
-                    if p.total_steps % opt.print_freq < opt.batchSize or p.iterations >= max_iters or stop:
+                    stop_signal = agreed_stop()
+                    if p.total_steps % opt.print_freq < opt.batchSize or p.iterations >= max_iters or stop_signal:
                         last = {k: v.detach().item() for k, v in losses.items()}
                         if self.is_main:
                             msg = self.visualizer.print_losses(
@@ -562,10 +574,10 @@ class Trainer:
                     if p.total_steps % opt.save_latest_freq < opt.batchSize:
                         self.save("latest")
                     t_data = time.perf_counter()
-                    if p.iterations >= max_iters or stop:
+                    if p.iterations >= max_iters or stop_signal:
                         break
                 bar.close()
-                if (p.iterations >= max_iters or stop) and p.epoch_iter < per_epoch:
+                if (p.iterations >= max_iters or stop_signal) and p.epoch_iter < per_epoch:
                     break  # stopped inside the epoch: 'latest' (saved by train) records the position
                 if self.is_main and not opt.no_html:  # one row per epoch on the page, from its last batch
                     self.visualizer.display_results(self._visuals(batch, fake), epoch, p.total_steps)
@@ -580,8 +592,8 @@ class Trainer:
             restore_signals()
             if self.visualizer is not None:
                 self.visualizer.close()
-        if stop:
-            raise TrainingInterrupted(stop[0], self.folder, p.epoch, p.iterations)
+        if stop_signal:
+            raise TrainingInterrupted(stop_signal, self.folder, p.epoch, p.iterations)
         elapsed = time.perf_counter() - t_start
         return {
             "epochs_done": p.epoch - 1,
