@@ -4,6 +4,8 @@
 
 #include <ATen/ATen.h>
 
+#include <array>
+#include <cmath>
 #include <optional>
 #include <tuple>
 
@@ -68,21 +70,46 @@ inline void check_backward(const at::Tensor& grad_y, const at::Tensor& x, const 
   norm_host::check_affine(x, bias, "bias");
 }
 
-// Forward outputs: y [N,C,H+2p,W+2p] in `fmt`, mean/rstd [N,C] in the accumulation type.
-inline std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_outputs(const at::Tensor& x, int64_t pad,
-                                                                      at::MemoryFormat fmt) {
+// Forward outputs: y [N,C,H+2p,W+2p] in x's memory format, mean/rstd [N,C] in the accumulation type. `done` when
+// there is nothing for a kernel to do (no planes, or planes without pixels: their statistics are filled here,
+// variance taken as 0 as instance_norm_act does; the padded output is then empty too).
+struct ForwardOutputs {
+  at::Tensor y, mean, rstd;
+  bool done;
+};
+
+inline ForwardOutputs forward_outputs(const at::Tensor& x, int64_t pad, double eps) {
   const int64_t N = x.size(0), C = x.size(1);
-  auto y = at::empty({N, C, x.size(2) + 2 * pad, x.size(3) + 2 * pad}, x.options(), fmt);
-  auto mean = at::empty({N, C}, x.options().dtype(acc_type_of(x)));
-  auto rstd = at::empty({N, C}, x.options().dtype(acc_type_of(x)));
-  return {y, mean, rstd};
+  const auto fmt = memory_format_of(x);
+  ForwardOutputs o{at::empty({N, C, x.size(2) + 2 * pad, x.size(3) + 2 * pad}, x.options(), fmt),
+                   at::empty({N, C}, x.options().dtype(acc_type_of(x))),
+                   at::empty({N, C}, x.options().dtype(acc_type_of(x))), false};
+  if (N * C == 0) {
+    o.done = true;
+  } else if (x.size(2) * x.size(3) == 0) {
+    o.mean.zero_();
+    o.rstd.fill_(1.0 / std::sqrt(eps));
+    o.done = true;
+  }
+  return o;
 }
 
-// Statistics of planes without pixels (H*W == 0; then the padded output is empty too): variance taken as 0, as
-// instance_norm_act does.
-inline void empty_plane_stats(at::Tensor& mean, at::Tensor& rstd, double eps) {
-  mean.zero_();
-  rstd.fill_(1.0 / std::sqrt(eps));
+// Backward outputs in x's memory format: grad_x (zeros when not asked for: outputs are never undefined) and
+// grad_residual (empty when not asked for), and which of the four gradients to compute.
+struct BackwardOutputs {
+  at::Tensor gx, gres;
+  bool need_x, need_w, need_b, need_r;
+  bool any() const { return need_x || need_w || need_b || need_r; }
+};
+
+inline BackwardOutputs backward_outputs(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                                        const std::optional<at::Tensor>& bias, std::array<bool, 4> mask) {
+  const auto fmt = memory_format_of(x);
+  BackwardOutputs o{at::empty(x.sizes(), x.options(), fmt),
+                    mask[3] ? at::empty(x.sizes(), x.options(), fmt) : at::empty({0}, x.options()),
+                    mask[0], given(weight) && mask[1], given(bias) && mask[2], mask[3]};
+  if (!o.need_x) o.gx.zero_();
+  return o;
 }
 
 }  // namespace pad_host

@@ -128,20 +128,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_act_pad_cpu(
     const std::optional<at::Tensor>& residual, double eps, double negative_slope, int64_t pad) {
   check_forward(x, weight, bias, residual, eps, pad);
   TORCH_CHECK(x.device().is_cpu(), "instance_norm_act_pad: x must be a CPU tensor, got ", x.device().str());
-  const auto fmt = memory_format_of(x);
-  auto [y, mean, rstd] = forward_outputs(x, pad, fmt);
+  auto out = forward_outputs(x, pad, eps);
+  if (out.done) return {out.y, out.mean, out.rstd};
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  if (N * C == 0) return {y, mean, rstd};
-  if (H * W == 0) {
-    empty_plane_stats(mean, rstd, eps);
-    return {y, mean, rstd};
-  }
+  const auto fmt = memory_format_of(x);
   const auto acc = acc_type_of(x);
   const auto xc = x.contiguous(fmt);
   const auto w = norm_host::affine_as(weight, acc), b = norm_host::affine_as(bias, acc);
   const bool cl = fmt == at::MemoryFormat::ChannelsLast;
-  // Named copies for the lambda below (C++17 forbids capturing structured bindings).
-  at::Tensor yt = y, mt = mean, rt = rstd;
+  at::Tensor &yt = out.y, &mt = out.mean, &rt = out.rstd;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "instance_norm_act_pad_cpu", [&] {
     using A = acc_t<scalar_t>;
     const A* wp = w.defined() ? w.const_data_ptr<A>() : nullptr;
@@ -163,7 +158,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_act_pad_cpu(
     L.normalize_pad(xp, yt.mutable_data_ptr<scalar_t>(), N, C, H, W, pad, cl, k,
                             static_cast<A>(negative_slope), res);
   });
-  return {y, mean, rstd};
+  return {out.y, out.mean, out.rstd};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> instance_norm_act_pad_backward_cpu(
@@ -175,16 +170,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> instance_norm_act_pad
               x.device().str());
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const auto acc = acc_type_of(x);
-  const bool need_w = given(weight) && output_mask[1], need_b = given(bias) && output_mask[2];
-  const bool need_r = output_mask[3];
   const auto fmt = memory_format_of(x);
-
-  at::Tensor gx = at::empty(x.sizes(), x.options(), fmt);
-  if (!output_mask[0]) gx.zero_();  // undefined-free outputs: an unneeded grad_x is zeros
-  at::Tensor gres = need_r ? at::empty(x.sizes(), x.options(), fmt) : at::empty({0}, x.options());
+  auto out = backward_outputs(x, weight, bias, output_mask);
+  at::Tensor &gx = out.gx, &gres = out.gres;
+  const bool need_w = out.need_w, need_b = out.need_b, need_r = out.need_r;
   auto sdz = at::zeros({N, C}, x.options().dtype(at::kDouble));
   auto sdzx = at::zeros({N, C}, x.options().dtype(at::kDouble));
-  if (N * C * H * W > 0 && (output_mask[0] || need_w || need_b || need_r)) {
+  if (N * C * H * W > 0 && out.any()) {
     const auto xc = x.contiguous(fmt);
     const auto gyc = grad_y.to(x.scalar_type()).contiguous(fmt);
     const auto meanc = mean.contiguous(), rstdc = rstd.contiguous();
@@ -196,7 +188,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> instance_norm_act_pad
                                       const BwdCoef<A> k{meanc.const_data_ptr<A>(), rstdc.const_data_ptr<A>(),
                                                          w.defined() ? w.const_data_ptr<A>() : nullptr,
                                                          b.defined() ? b.const_data_ptr<A>() : nullptr};
-                                      scalar_t* gxp = output_mask[0] ? gx.mutable_data_ptr<scalar_t>() : nullptr;
+                                      scalar_t* gxp = out.need_x ? gx.mutable_data_ptr<scalar_t>() : nullptr;
                                       scalar_t* grp = need_r ? gres.mutable_data_ptr<scalar_t>() : nullptr;
                                       const auto fn = cl ? pad_loops<scalar_t>().backward_cl
                                                          : pad_loops<scalar_t>().backward_nchw;

@@ -181,19 +181,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_act_pad_cuda(
   const c10::cuda::OptionalCUDAGuard guard(x.device());
   const auto fmt = memory_format_of(x);
   const bool cl = fmt == at::MemoryFormat::ChannelsLast;
-  auto [y, mean, rstd] = forward_outputs(x, pad, fmt);
+  auto out = forward_outputs(x, pad, eps);
+  if (out.done) return {out.y, out.mean, out.rstd};
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  if (N * C == 0) return {y, mean, rstd};
-  if (H * W == 0) {
-    empty_plane_stats(mean, rstd, eps);
-    return {y, mean, rstd};
-  }
   const auto acc = acc_type_of(x);
   const auto xc = x.contiguous(fmt);
   const auto w = norm_host::affine_as(weight, acc), b = norm_host::affine_as(bias, acc);
   const auto stream = at::cuda::getCurrentCUDAStream().stream();
   const Geom g{N, C, H, W, pad};
-  at::Tensor yt = y, mt = mean, rt = rstd;  // named copies for the lambda (C++17: no captured bindings)
+  at::Tensor &yt = out.y, &mt = out.mean, &rt = out.rstd;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "instance_norm_act_pad_cuda", [&] {
     using T = typename DevType<scalar_t>::type;
     using A = typename AccOf<T>::type;
@@ -224,7 +220,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_act_pad_cuda(
     else
       pad_normalize_launch<T, 1>(xp, yp, g, cl, aff, slope, res, stream);
   });
-  return {y, mean, rstd};
+  return {out.y, out.mean, out.rstd};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> instance_norm_act_pad_backward_cuda(
@@ -236,20 +232,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> instance_norm_act_pad
   const c10::cuda::OptionalCUDAGuard guard(x.device());
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const auto acc = acc_type_of(x);
-  const bool need_w = given(weight) && output_mask[1], need_b = given(bias) && output_mask[2];
-  const bool need_r = output_mask[3];
   const auto fmt = memory_format_of(x);
   const bool cl = fmt == at::MemoryFormat::ChannelsLast;
-
-  at::Tensor gx = at::empty(x.sizes(), x.options(), fmt);
-  if (!output_mask[0]) gx.zero_();  // undefined-free outputs: an unneeded grad_x is zeros
-  at::Tensor gres = need_r ? at::empty(x.sizes(), x.options(), fmt) : at::empty({0}, x.options());
+  auto out = backward_outputs(x, weight, bias, output_mask);
+  at::Tensor &gx = out.gx, &gres = out.gres;
+  const bool need_w = out.need_w, need_b = out.need_b, need_r = out.need_r;
   auto dw = need_w ? at::empty({C}, x.options().dtype(acc)) : at::Tensor();
   auto db = need_b ? at::empty({C}, x.options().dtype(acc)) : at::Tensor();
   if (N * C * H * W == 0) {
     if (need_w) dw.zero_();
     if (need_b) db.zero_();
-  } else if (output_mask[0] || need_w || need_b || need_r) {
+  } else if (out.any()) {
     const auto xc = x.contiguous(fmt);
     const auto gyc = grad_y.to(x.scalar_type()).contiguous(fmt);
     const auto meanc = mean.contiguous(), rstdc = rstd.contiguous();
@@ -263,7 +256,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> instance_norm_act_pad
       constexpr int VW = vec_width<T>();
       const T* xp = reinterpret_cast<const T*>(xc.const_data_ptr<scalar_t>());
       const T* gp = reinterpret_cast<const T*>(gyc.const_data_ptr<scalar_t>());
-      T* dp = output_mask[0] ? reinterpret_cast<T*>(gx.mutable_data_ptr<scalar_t>()) : nullptr;
+      T* dp = out.need_x ? reinterpret_cast<T*>(gx.mutable_data_ptr<scalar_t>()) : nullptr;
       T* rp = need_r ? reinterpret_cast<T*>(gres.mutable_data_ptr<scalar_t>()) : nullptr;
       const Affine<A> aff{meanc.const_data_ptr<A>(), rstdc.const_data_ptr<A>(),
                           w.defined() ? w.const_data_ptr<A>() : nullptr, b.defined() ? b.const_data_ptr<A>() : nullptr};
