@@ -31,6 +31,42 @@ inline A rstd_of(double var, double eps) {
   return static_cast<A>(1.0 / std::sqrt(std::max(var, 0.0) + eps));
 }
 
+// Lanes of the contiguous reductions: two 512-bit registers' worth, so that two dependency chains overlap.
+template <typename A>
+constexpr int kSumLanes = 128 / sizeof(A);
+
+// Two-pass moments of one contiguous block of `len` elements that sits in L1: *mean = the block mean, *m2 = the
+// sum of squared deviations from it. Plain lane loops (no callables): GCC vectorizes them for the caller's
+// instruction set, where the same sums written through lambdas stayed scalar.
+template <typename T>
+P2PHD_INLINE void block_moments(const T* __restrict__ p, int64_t len, typename Elem<T>::acc* mean,
+                                typename Elem<T>::acc* m2) {
+  using A = typename Elem<T>::acc;
+  constexpr int L = kSumLanes<A>;
+  A s[L] = {};
+  int64_t i = 0;
+  for (; i + L <= len; i += L)
+    for (int j = 0; j < L; ++j) s[j] += Elem<T>::load(p[i + j]);
+  A t = 0;
+  for (; i < len; ++i) t += Elem<T>::load(p[i]);
+  for (int j = 0; j < L; ++j) t += s[j];
+  const A mb = t / static_cast<A>(len);
+  A q[L] = {};
+  for (i = 0; i + L <= len; i += L)
+    for (int j = 0; j < L; ++j) {
+      const A d = Elem<T>::load(p[i + j]) - mb;
+      q[j] += d * d;
+    }
+  A u = 0;
+  for (; i < len; ++i) {
+    const A d = Elem<T>::load(p[i]) - mb;
+    u += d * d;
+  }
+  for (int j = 0; j < L; ++j) u += q[j];
+  *mean = mb;
+  *m2 = u;
+}
+
 // Pixels summed per accumulator update in the channels-last reductions. Accumulators are per channel arrays in
 // memory (C is a run-time size), so each update is a load and a store that the next pixel's update waits on
 // (store-to-load forwarding); adding U pixels' values first divides those waits by U. The walk stays

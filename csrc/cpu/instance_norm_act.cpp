@@ -54,31 +54,11 @@ inline A slope_select(A z, A slope) {
 template <typename T>
 P2PHD_INLINE void moments_body(const T* __restrict__ x, int64_t n, Moments* out) {
   using A = acc_t<T>;
-  constexpr int L = kLanes<A>;
   for (int64_t b0 = 0; b0 < n; b0 += kBlock) {
-    const T* p = x + b0;
     const int64_t len = std::min(kBlock, n - b0);
-    A s[L] = {};
-    int64_t i = 0;
-    for (; i + L <= len; i += L)
-      for (int j = 0; j < L; ++j) s[j] += Elem<T>::load(p[i + j]);
-    A t = 0;
-    for (; i < len; ++i) t += Elem<T>::load(p[i]);
-    for (int j = 0; j < L; ++j) t += s[j];
-    const A mb = t / static_cast<A>(len);
-    A q[L] = {};
-    for (i = 0; i + L <= len; i += L)
-      for (int j = 0; j < L; ++j) {
-        const A d = Elem<T>::load(p[i + j]) - mb;
-        q[j] += d * d;
-      }
-    A u = 0;
-    for (; i < len; ++i) {
-      const A d = Elem<T>::load(p[i]) - mb;
-      u += d * d;
-    }
-    for (int j = 0; j < L; ++j) u += q[j];
-    out->merge(static_cast<double>(len), mb, u);
+    A mb, m2;
+    block_moments(x + b0, len, &mb, &m2);
+    out->merge(static_cast<double>(len), mb, m2);
   }
 }
 

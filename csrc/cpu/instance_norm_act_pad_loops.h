@@ -17,22 +17,9 @@ inline A leaky_grad(A z, A g, A slope) {
   return z > A(0) ? g : g * slope;  // a select: vectorizes to a blend
 }
 
-// Sum of f(0..n) over kLanes independent accumulators: a single running sum is one dependent add per element
-// (the compiler may not reorder float adds), lanes let the loop vectorize.
+// Independent accumulators of the NCHW backward sums: a single running sum is one dependent add per element (the
+// compiler may not reorder float adds); lanes let the loop vectorize.
 constexpr int kLanes = 16;
-
-template <typename F>
-inline auto lane_sum(int64_t n, const F& f) -> decltype(f(int64_t{0})) {
-  using A = decltype(f(int64_t{0}));
-  A s[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) s[j] += f(i + j);
-  A t = 0;
-  for (; i < n; ++i) t += f(i);
-  for (int j = 0; j < kLanes; ++j) t += s[j];
-  return t;
-}
 
 template <typename T>
 Coef<acc_t<T>> stats_nchw(const T* x, int64_t N, int64_t C, int64_t hw, const acc_t<T>* w, const acc_t<T>* b,
@@ -46,12 +33,8 @@ Coef<acc_t<T>> stats_nchw(const T* x, int64_t N, int64_t C, int64_t hw, const ac
       Moments m;
       for (int64_t b0 = 0; b0 < hw; b0 += kBlock) {
         const int64_t len = std::min(kBlock, hw - b0);
-        const T* q = p + b0;
-        const A mb = lane_sum(len, [&](int64_t i) { return ld(q[i]); }) / static_cast<A>(len);
-        const A m2 = lane_sum(len, [&](int64_t i) {
-          const A d = ld(q[i]) - mb;
-          return d * d;
-        });
+        A mb, m2;
+        block_moments(p + b0, len, &mb, &m2);
         m.merge(static_cast<double>(len), mb, m2);
       }
       const A r = rstd_of<A>(m.m2 / static_cast<double>(hw), eps);
@@ -246,7 +229,7 @@ void backward_nchw(const T* x, const T* gy, T* gx, T* gres, int64_t N, int64_t C
         fold(h);
         const T* __restrict__ xr = px + h * W;
         const A* __restrict__ gq = g.data();
-        // Independent lanes, as lane_sum: GCC keeps an `omp simd reduction` of two sums scalar here.
+        // Independent lanes (kLanes): GCC keeps an `omp simd reduction` of two sums scalar here.
         A s1[kLanes] = {}, s2[kLanes] = {};
         int64_t i = 0;
         for (; i + kLanes <= W; i += kLanes)
