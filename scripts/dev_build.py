@@ -10,6 +10,7 @@ Several developers can build different kernels side by side without touching the
 import argparse
 import os
 import sys
+import sysconfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,11 +38,14 @@ def main() -> None:
     always = [os.path.join(ROOT, "csrc", "ops.cpp")]
     always += sorted(glob.glob(os.path.join(ROOT, "csrc", "autograd", "*.cpp")))
     srcs = list(dict.fromkeys(always + [os.path.abspath(s) for s in args.sources]))
+    # The code-generation flags the package build gets from Python's sysconfig (-fwrapv, -g, ...), so that a
+    # development build compiles the loops as the package does.
+    py_cflags = [f for f in (sysconfig.get_config_var("CFLAGS") or "").split() if not f.startswith("-W")]
     load(
         name=f"p2phd_dev_{args.name}",
         sources=srcs,
         extra_include_paths=incs,
-        extra_cflags=["-O3", "-fopenmp"] + (["-DP2PHD_WITH_CUDA=1"] if cuda else []),
+        extra_cflags=py_cflags + ["-O3", "-fopenmp"] + (["-DP2PHD_WITH_CUDA=1"] if cuda else []),
         extra_cuda_cflags=["--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr"],
         extra_ldflags=["-fopenmp"],
         build_directory=build,
