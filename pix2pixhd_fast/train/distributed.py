@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+import signal
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -49,8 +52,26 @@ def init_distributed(device_type: str) -> DistInfo:
         backend = "nccl" if device_type == "cuda" else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(local)
-        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+        with _signals_to_main_thread():
+            dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
     return DistInfo(rank, world, local)
+
+
+@contextlib.contextmanager
+def _signals_to_main_thread():
+    """Threads started inside start with SIGINT and SIGTERM blocked (threads inherit the mask of their creator).
+
+    A process group starts I/O threads; a Ctrl-C that the kernel delivered to one of them would interrupt its
+    system calls instead of reaching the main thread, where Python runs the trainer's handler.
+    """
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def cleanup_distributed() -> None:
@@ -65,7 +86,10 @@ def host_group(info: DistInfo):
     """
     if not info.enabled:
         return None
-    return dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
+    if dist.get_backend() == "gloo":
+        return dist.group.WORLD
+    with _signals_to_main_thread():
+        return dist.new_group(backend="gloo")
 
 
 def agree_max(value: int, info: DistInfo, group) -> int:
