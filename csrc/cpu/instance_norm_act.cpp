@@ -195,37 +195,10 @@ P2PHD_INLINE void cl_bwd_sums_body(const T* __restrict__ x, const T* __restrict_
   const A* __restrict__ w = k.w;
   const A* __restrict__ beta = k.beta;
   const int64_t bp = std::max<int64_t>(1, kBlock / C);
-  const auto xhat = [&](const T* px, int64_t c) { return (Elem<T>::load(px[c]) - mean[c]) * rstd[c]; };
-  const auto dz = [&](A xh, const T* pg, int64_t c) {
-    const A g = Elem<T>::load(pg[c]);
-    return xh * w[c] + beta[c] > A(0) ? g : g * slope;
-  };
   for (int64_t p0 = 0; p0 < np; p0 += bp) {
     const int64_t len = std::min(bp, np - p0);
     for (int64_t c = 0; c < C; ++c) s1[c] = s2[c] = 0;
-    // Four pixels per accumulator update (see kPixelUnroll).
-    int64_t q = p0;
-    for (; q + 4 <= p0 + len; q += 4) {
-      const T* px = x + q * C;
-      const T* pg = dy + q * C;
-#pragma GCC ivdep  // s1, s2 never overlap x or dy
-      for (int64_t c = 0; c < C; ++c) {
-        const A x0 = xhat(px, c), x1 = xhat(px + C, c), x2 = xhat(px + 2 * C, c), x3 = xhat(px + 3 * C, c);
-        const A d0 = dz(x0, pg, c), d1 = dz(x1, pg + C, c), d2 = dz(x2, pg + 2 * C, c), d3 = dz(x3, pg + 3 * C, c);
-        s1[c] += (d0 + d1) + (d2 + d3);
-        s2[c] += (d0 * x0 + d1 * x1) + (d2 * x2 + d3 * x3);
-      }
-    }
-    for (; q < p0 + len; ++q) {
-      const T* px = x + q * C;
-      const T* pg = dy + q * C;
-#pragma GCC ivdep
-      for (int64_t c = 0; c < C; ++c) {
-        const A xh = xhat(px, c), d = dz(xh, pg, c);
-        s1[c] += d;
-        s2[c] += d * xh;
-      }
-    }
+    cl_dz_sums(x + p0 * C, dy + p0 * C, len, C, mean, rstd, w, beta, slope, s1, s2);
     for (int64_t c = 0; c < C; ++c) {
       sdz[c] += s1[c];
       sdzx[c] += s2[c];
@@ -320,15 +293,16 @@ P2PHD_DEFINE_LOOPS(LoopsAvx512,
 template <typename T>
 const Loops<T>& loops() {
   static const Loops<T> table = [] {
+    switch (cpu_isa()) {
 #ifdef P2PHD_NORM_X86
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
-      return LoopsAvx512<T>::table();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
-      return LoopsAvx2<T>::table();
+      case CpuIsa::kAvx512:
+        return LoopsAvx512<T>::table();
+      case CpuIsa::kAvx2:
+        return LoopsAvx2<T>::table();
 #endif
-    return LoopsBase<T>::table();
+      default:
+        return LoopsBase<T>::table();
+    }
   }();
   return table;
 }
@@ -558,18 +532,7 @@ void backward_cl(const at::Tensor& x, const at::Tensor& gy, at::Tensor* gx, cons
                     scratch.data(), &p1[t * C], &p2[t * C]);
     }
   });
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t c = 0; c < C; ++c) {
-      double s1 = 0, s2 = 0;
-      for (int64_t k = 0; k < nchunk; ++k) {
-        s1 += p1[(n * nchunk + k) * C + c];
-        s2 += p2[(n * nchunk + k) * C + c];
-      }
-      sdz[n * C + c] = s1;
-      sdzx[n * C + c] = s2;
-      km1[n * C + c] = static_cast<A>(s1 / hw);
-      km2[n * C + c] = static_cast<A>(s2 / hw);
-    }
+  merge_dz_partials(p1.data(), p2.data(), N, nchunk, C, hw, sdz, sdzx, km1.data(), km2.data());
   if (!dp) return;
   at::parallel_for(0, N * hw, cp, [&](int64_t lo, int64_t hi) {
     for_image_ranges(lo, hi, hw, [&](int64_t n, int64_t p0, int64_t p1) {

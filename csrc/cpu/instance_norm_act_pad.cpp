@@ -108,15 +108,16 @@ struct PadLoops {
 template <typename T>
 const PadLoops<T>& pad_loops() {
   static const PadLoops<T> table = [] {
+    switch (cpu_isa()) {
 #ifdef P2PHD_PAD_X86
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
-      return P2PHD_PAD_LOOPS(isa_avx512);
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
-      return P2PHD_PAD_LOOPS(isa_avx2);
+      case CpuIsa::kAvx512:
+        return P2PHD_PAD_LOOPS(isa_avx512);
+      case CpuIsa::kAvx2:
+        return P2PHD_PAD_LOOPS(isa_avx2);
 #endif
-    return P2PHD_PAD_LOOPS(isa_base);
+      default:
+        return P2PHD_PAD_LOOPS(isa_base);
+    }
   }();
   return table;
 }

@@ -318,29 +318,7 @@ void backward_cl(const T* x, const T* gy, T* gx, T* gres, int64_t N, int64_t C, 
         fold_segment(gy + n * Ho * Wo * C, rows, nr, W, p, C, w0, w1, g.data());
         const T* __restrict__ px = x + (r * W + w0) * C;
         const A* __restrict__ gp = g.data();
-        // kPixelUnroll pixels per accumulator update (see cpu_norm_loops.h).
-        int64_t q = 0;
-        for (; q + kPixelUnroll <= len; q += kPixelUnroll)
-#pragma GCC ivdep
-          for (int64_t c = 0; c < C; ++c) {
-            A t1 = 0, t2 = 0;
-            for (int u = 0; u < kPixelUnroll; ++u) {
-              const A xh = (ld(px[(q + u) * C + c]) - mean[c]) * rstd[c];
-              const A dz = leaky_grad(xh * wt[c] + bt[c], gp[(q + u) * C + c], slope);
-              t1 += dz;
-              t2 += dz * xh;
-            }
-            a1[c] += t1;
-            a2[c] += t2;
-          }
-        for (; q < len; ++q)
-#pragma GCC ivdep
-          for (int64_t c = 0; c < C; ++c) {
-            const A xh = (ld(px[q * C + c]) - mean[c]) * rstd[c];
-            const A dz = leaky_grad(xh * wt[c] + bt[c], gp[q * C + c], slope);
-            a1[c] += dz;
-            a2[c] += dz * xh;
-          }
+        cl_dz_sums(px, gp, len, C, mean, rstd, wt, bt, slope, a1, a2);
       }
       for (int64_t c = 0; c < C; ++c) {
         p1[r * C + c] = s1[c];
@@ -348,18 +326,7 @@ void backward_cl(const T* x, const T* gy, T* gx, T* gres, int64_t N, int64_t C, 
       }
     }
   });
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t c = 0; c < C; ++c) {
-      double a1 = 0, a2 = 0;
-      for (int64_t h = 0; h < H; ++h) {
-        a1 += p1[(n * H + h) * C + c];
-        a2 += p2[(n * H + h) * C + c];
-      }
-      sdz[n * C + c] = a1;
-      sdzx[n * C + c] = a2;
-      km1[n * C + c] = static_cast<A>(a1 / hw);
-      km2[n * C + c] = static_cast<A>(a2 / hw);
-    }
+  merge_dz_partials(p1.data(), p2.data(), N, H, C, hw, sdz, sdzx, km1.data(), km2.data());
   if (!gx && !gres) return;
   // Pass 2: fold again, write dx and the folded gradient.
   at::parallel_for(0, N * H, grain, [&](int64_t lo, int64_t hi) {
