@@ -514,9 +514,9 @@ class Trainer:
         :class:`TrainingInterrupted`; a second signal interrupts at once (KeyboardInterrupt).
 
         In a distributed run every rank stops after the same step: a signal often reaches the ranks at different
-        times (or only one of them), and a rank that stopped alone would leave the others waiting in the next
-        step's gradient all-reduce until the process group's timeout. After each step the ranks take the largest
-        pending signal number (one CPU all-reduce of a scalar) and all act on it."""
+        times (or only one of them), and a rank that stopped alone would leave the others in the next step's
+        gradient all-reduce (an error under gloo; under nccl, a wait until the process group's timeout). After each
+        step the ranks take the largest pending signal number (one CPU all-reduce of a scalar) and all act on it."""
         opt, p = self.opt, self.progress
         n_epochs = total_epochs(opt)
         per_epoch = len(self.loader) * opt.batchSize
